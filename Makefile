@@ -1,0 +1,40 @@
+# make study : set up .venv and run every study configuration on the embedded default
+# make test  : set up .venv, lint, run the unit tests and the notebook smoke run
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+JOBS   ?= 1
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup study test lint unit smoke bench clean-outputs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mibench)" > /dev/null
+	touch $@
+
+study: setup
+	$(BIN)/mibench run-all --jobs $(JOBS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+unit: setup
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook"
+
+smoke: setup
+	$(BIN)/pytest -q -m notebook
+
+test: lint
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_study.py
+
+clean-outputs:
+	rm -rf outputs/*/
