@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def check_images(x: Tensor, *, name: str = "images", value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+def check_images(
+    x: Tensor, *, name: str = "images", value_range: tuple[float, float] = (0.0, 1.0)
+) -> None:
     """Raise ``ValueError`` unless ``x`` is a float (N, C, H, W) batch inside ``value_range``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -17,7 +19,9 @@ def check_images(x: Tensor, *, name: str = "images", value_range: tuple[float, f
     if x.numel():
         lo, hi = float(x.min()), float(x.max())
         if lo < value_range[0] - 1e-5 or hi > value_range[1] + 1e-5:
-            raise ValueError(f"{name} must lie in {list(value_range)}, got values in [{lo:.4g}, {hi:.4g}]")
+            raise ValueError(
+                f"{name} must lie in {list(value_range)}, got values in [{lo:.4g}, {hi:.4g}]"
+            )
 
 
 def check_labels(y: Tensor, num_classes: int, *, name: str = "labels") -> None:

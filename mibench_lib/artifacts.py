@@ -26,10 +26,21 @@ from mibench_lib.models.train import train_classifier
 #: Bump when the meaning of a training recipe changes, so old cache entries are not reused.
 RECIPE = "1"
 
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_milestones", "eval_every"}
+_TRAIN_KEYS = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "lr_milestones",
+    "eval_every",
+}
 
 
-def build_classifier(arch: str, num_classes: int, input_shape: Sequence[int], **arch_kwargs: Any) -> Classifier:
+def build_classifier(
+    arch: str, num_classes: int, input_shape: Sequence[int], **arch_kwargs: Any
+) -> Classifier:
     """Instantiate a zoo architecture by registry name (see :data:`mibench_lib.models.MODELS`)."""
     from mibench_lib.models import MODELS
 
@@ -46,7 +57,9 @@ def data_fingerprint(*sets: ImageSet) -> str:
 def _check_train_cfg(train_cfg: Mapping[str, Any], where: str) -> None:
     unknown = set(train_cfg) - _TRAIN_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown training keys {sorted(unknown)}; allowed: {sorted(_TRAIN_KEYS)}")
+        raise ValueError(
+            f"{where}: unknown training keys {sorted(unknown)}; allowed: {sorted(_TRAIN_KEYS)}"
+        )
 
 
 @dataclass
@@ -60,9 +73,18 @@ class TrainedClassifier:
 
 
 def cached_classifier(
-    cache: ArtifactCache, *, role: str, arch: str, train: ImageSet, test: ImageSet, num_classes: int,
-    train_cfg: Mapping[str, Any], seed: int, arch_kwargs: Mapping[str, Any] | None = None,
-    device: torch.device | str = "cpu", progress: bool = True,
+    cache: ArtifactCache,
+    *,
+    role: str,
+    arch: str,
+    train: ImageSet,
+    test: ImageSet,
+    num_classes: int,
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> TrainedClassifier:
     """Train (or load) one classifier, e.g. the evaluator or the delta_face extractor.
 
@@ -77,17 +99,35 @@ def cached_classifier(
     """
     _check_train_cfg(train_cfg, role)
     arch_kwargs = dict(arch_kwargs or {})
-    config = {"arch": arch, "arch_kwargs": arch_kwargs, "num_classes": num_classes,
-              "data": data_fingerprint(train, test), "train": dict(train_cfg), "seed": seed}
+    config = {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "num_classes": num_classes,
+        "data": data_fingerprint(train, test),
+        "train": dict(train_cfg),
+        "seed": seed,
+    }
 
     def build() -> tuple[dict, dict]:
         torch.manual_seed(seed)
         model = build_classifier(arch, num_classes, train.image_shape, **arch_kwargs)
         t0 = time.perf_counter()
-        model, rep = train_classifier(model, train, test, device=device, rng=torch.Generator().manual_seed(seed),
-                                      progress=progress, desc=role, **train_cfg)
-        meta = {"test_acc": rep.test_acc, "train_acc": rep.train_acc, "steps": rep.steps,
-                "wall_time_s": time.perf_counter() - t0}
+        model, rep = train_classifier(
+            model,
+            train,
+            test,
+            device=device,
+            rng=torch.Generator().manual_seed(seed),
+            progress=progress,
+            desc=role,
+            **train_cfg,
+        )
+        meta = {
+            "test_acc": rep.test_acc,
+            "train_acc": rep.train_acc,
+            "steps": rep.steps,
+            "wall_time_s": time.perf_counter() - t0,
+        }
         return model.state_dict(), meta
 
     tensors, meta, hit = cache.get_or_build(role, config, build)
@@ -108,8 +148,15 @@ class TargetCheckpoint:
 
 
 def cached_target_checkpoints(
-    cache: ArtifactCache, split: MISplit, *, arch: str, train_cfg: Mapping[str, Any], thresholds: Sequence[float],
-    seed: int, arch_kwargs: Mapping[str, Any] | None = None, device: torch.device | str = "cpu",
+    cache: ArtifactCache,
+    split: MISplit,
+    *,
+    arch: str,
+    train_cfg: Mapping[str, Any],
+    thresholds: Sequence[float],
+    seed: int,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> list[TargetCheckpoint]:
     """Train one target on the private data, keeping weights at each accuracy threshold.
@@ -120,27 +167,47 @@ def cached_target_checkpoints(
     _check_train_cfg(train_cfg, "target")
     arch_kwargs = dict(arch_kwargs or {})
     thresholds = sorted(float(t) for t in thresholds)
-    config = {"arch": arch, "arch_kwargs": arch_kwargs, "num_classes": split.num_classes,
-              "data": data_fingerprint(split.private_train, split.private_test), "train": dict(train_cfg),
-              "thresholds": thresholds, "seed": seed}
+    config = {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "num_classes": split.num_classes,
+        "data": data_fingerprint(split.private_train, split.private_test),
+        "train": dict(train_cfg),
+        "thresholds": thresholds,
+        "seed": seed,
+    }
 
     def build() -> tuple[dict, dict]:
         torch.manual_seed(seed)
         model = build_classifier(arch, split.num_classes, split.image_shape, **arch_kwargs)
         t0 = time.perf_counter()
-        _, rep = train_classifier(model, split.private_train, split.private_test, device=device,
-                                  rng=torch.Generator().manual_seed(seed), checkpoint_thresholds=thresholds,
-                                  progress=progress, desc=f"target seed {seed}", **train_cfg)
+        _, rep = train_classifier(
+            model,
+            split.private_train,
+            split.private_test,
+            device=device,
+            rng=torch.Generator().manual_seed(seed),
+            checkpoint_thresholds=thresholds,
+            progress=progress,
+            desc=f"target seed {seed}",
+            **train_cfg,
+        )
         tensors: dict = {}
         ckpts = []
         for i, c in enumerate(rep.checkpoints):
             tensors.update(prefixed(c.state_dict, f"ckpt{i}"))
             ckpts.append({"threshold": c.threshold, "step": c.step, "test_acc": c.test_acc})
         if not tensors:
-            raise RuntimeError(f"target (seed {seed}) reached none of the thresholds {thresholds}; "
-                               f"final test accuracy {rep.test_acc:.3f}: train longer or lower them")
-        meta = {"checkpoints": ckpts, "final_test_acc": rep.test_acc, "acc_history": rep.acc_history,
-                "wall_time_s": time.perf_counter() - t0}
+            raise RuntimeError(
+                f"target (seed {seed}) reached none of the thresholds {thresholds}; "
+                f"final test accuracy {rep.test_acc:.3f}: train longer or lower them"
+            )
+        meta = {
+            "checkpoints": ckpts,
+            "final_test_acc": rep.test_acc,
+            "acc_history": rep.acc_history,
+            "wall_time_s": time.perf_counter() - t0,
+        }
         return tensors, meta
 
     tensors, meta, _ = cache.get_or_build("target", config, build)
@@ -148,7 +215,11 @@ def cached_target_checkpoints(
     for i, c in enumerate(meta["checkpoints"]):
         model = build_classifier(arch, split.num_classes, split.image_shape, **arch_kwargs)
         model.load_state_dict(unprefixed(tensors, f"ckpt{i}"))
-        out.append(TargetCheckpoint(float(c["threshold"]), int(c["step"]), float(c["test_acc"]), model.to(device).eval()))
+        out.append(
+            TargetCheckpoint(
+                float(c["threshold"]), int(c["step"]), float(c["test_acc"]), model.to(device).eval()
+            )
+        )
     return out
 
 
@@ -163,9 +234,17 @@ class TrainedGAN:
 
 
 def cached_gan(
-    cache: ArtifactCache, public: ImageSet, *, arch: str = "dcgan", latent_dim: int = 100, width: int = 16,
-    critic_width: int = 16, train_cfg: Mapping[str, Any] | None = None, seed: int = 0,
-    device: torch.device | str = "cpu", progress: bool = True,
+    cache: ArtifactCache,
+    public: ImageSet,
+    *,
+    arch: str = "dcgan",
+    latent_dim: int = 100,
+    width: int = 16,
+    critic_width: int = 16,
+    train_cfg: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> TrainedGAN:
     """Train (or load) the GMI GAN prior on the public images only (labels are dropped first)."""
     from mibench_lib.generators import train_wgan_gp
@@ -175,24 +254,45 @@ def cached_gan(
     train_cfg = dict(train_cfg or {})
     allowed = {"epochs", "batch_size", "lr", "n_critic", "gp_weight"}
     if set(train_cfg) - allowed:
-        raise ValueError(f"gan: unknown training keys {sorted(set(train_cfg) - allowed)}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"gan: unknown training keys {sorted(set(train_cfg) - allowed)}; allowed: {sorted(allowed)}"
+        )
     public = public.unlabelled()
     gen_cls, critic_cls = GENERATORS[arch]
-    config = {"arch": arch, "latent_dim": latent_dim, "width": width, "critic_width": critic_width,
-              "data": data_fingerprint(public), "train": train_cfg, "seed": seed}
+    config = {
+        "arch": arch,
+        "latent_dim": latent_dim,
+        "width": width,
+        "critic_width": critic_width,
+        "data": data_fingerprint(public),
+        "train": train_cfg,
+        "seed": seed,
+    }
 
     def make() -> tuple[nn.Module, nn.Module]:
         torch.manual_seed(seed)
-        return gen_cls(latent_dim, public.image_shape, width=width), critic_cls(public.image_shape, width=critic_width)
+        return gen_cls(latent_dim, public.image_shape, width=width), critic_cls(
+            public.image_shape, width=critic_width
+        )
 
     def build() -> tuple[dict, dict]:
         g, d = make()
         t0 = time.perf_counter()
-        rep = train_wgan_gp(g, d, public, device=device, rng=torch.Generator().manual_seed(seed),
-                            progress=progress, **train_cfg)
-        meta = {"generator_steps": rep.steps, "final_wasserstein": rep.wasserstein[-1] if rep.wasserstein else None,
-                "wasserstein": rep.wasserstein[:: max(1, len(rep.wasserstein) // 200)],
-                "wall_time_s": time.perf_counter() - t0}
+        rep = train_wgan_gp(
+            g,
+            d,
+            public,
+            device=device,
+            rng=torch.Generator().manual_seed(seed),
+            progress=progress,
+            **train_cfg,
+        )
+        meta = {
+            "generator_steps": rep.steps,
+            "final_wasserstein": rep.wasserstein[-1] if rep.wasserstein else None,
+            "wasserstein": rep.wasserstein[:: max(1, len(rep.wasserstein) // 200)],
+            "wall_time_s": time.perf_counter() - t0,
+        }
         return {**prefixed(g.state_dict(), "G"), **prefixed(d.state_dict(), "D")}, meta
 
     tensors, meta, hit = cache.get_or_build("gan", config, build)
@@ -215,8 +315,15 @@ class FeatureExtractor:
 
 
 def load_face_extractor(
-    cache: ArtifactCache, split: MISplit, *, arch: str, train_cfg: Mapping[str, Any], weights: str = "",
-    seed: int = 1, device: torch.device | str = "cpu", progress: bool = True,
+    cache: ArtifactCache,
+    split: MISplit,
+    *,
+    arch: str,
+    train_cfg: Mapping[str, Any],
+    weights: str = "",
+    seed: int = 1,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> FeatureExtractor:
     """The delta_face feature extractor.
 
@@ -231,8 +338,19 @@ def load_face_extractor(
 
         model = build_classifier(arch, split.evaluator_num_classes, split.image_shape)
         load_backbone_weights(model, weights)
-        return FeatureExtractor(f"{arch} (local weights)", model.to(device).eval(), float("nan"), str(weights))
-    trained = cached_classifier(cache, role="face", arch=arch, train=split.evaluator_train, test=split.evaluator_test,
-                                num_classes=split.evaluator_num_classes, train_cfg=train_cfg, seed=seed,
-                                device=device, progress=progress)
+        return FeatureExtractor(
+            f"{arch} (local weights)", model.to(device).eval(), float("nan"), str(weights)
+        )
+    trained = cached_classifier(
+        cache,
+        role="face",
+        arch=arch,
+        train=split.evaluator_train,
+        test=split.evaluator_test,
+        num_classes=split.evaluator_num_classes,
+        train_cfg=train_cfg,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     return FeatureExtractor(arch, trained.model, trained.test_acc, "trained second evaluator")

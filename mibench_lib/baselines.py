@@ -14,8 +14,13 @@ from torch import Tensor, nn
 from mibench_lib.attacks._result import InversionResult
 
 
-def random_latent_baseline(generator: nn.Module, labels: Tensor, *, rng: torch.Generator | None = None,
-                           truncation: float | None = None) -> InversionResult:
+def random_latent_baseline(
+    generator: nn.Module,
+    labels: Tensor,
+    *,
+    rng: torch.Generator | None = None,
+    truncation: float | None = None,
+) -> InversionResult:
     """One image per label from z ~ N(0, I) through ``generator``, with no target query at all.
 
     Args:
@@ -36,4 +41,6 @@ def random_latent_baseline(generator: nn.Module, labels: Tensor, *, rng: torch.G
         z = z.clamp(-truncation, truncation)
     with torch.inference_mode():
         images = generator(z.to(device)).float().cpu()
-    return InversionResult("random_latent", images.clone(), labels.clone(), z, [], 0, time.perf_counter() - t0)
+    return InversionResult(
+        "random_latent", images.clone(), labels.clone(), z, [], 0, time.perf_counter() - t0
+    )

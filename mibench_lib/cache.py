@@ -44,7 +44,9 @@ def config_key(kind: str, config: Mapping[str, Any], *, recipe: str) -> str:
         >>> config_key("target", {"b": 1, "a": 2}, recipe="v1") == config_key("target", {"a": 2, "b": 1}, recipe="v1")
         True
     """
-    blob = json.dumps({"kind": kind, "recipe": recipe, "config": config}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"kind": kind, "recipe": recipe, "config": config}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -97,7 +99,9 @@ class ArtifactCache:
         """True when both files exist (their integrity is checked only on load)."""
         return all(p.exists() for p in self.paths(kind, config))
 
-    def load(self, kind: str, config: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    def load(
+        self, kind: str, config: Mapping[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Load and verify an artifact.
 
         Raises:
@@ -113,21 +117,32 @@ class ArtifactCache:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CorruptArtifactError(f"{mpath}: unreadable metadata ({err})") from err
         if meta.get("key") != self.key(kind, config):
-            raise CorruptArtifactError(f"{mpath}: metadata belongs to key {meta.get('key')!r}, not this config")
+            raise CorruptArtifactError(
+                f"{mpath}: metadata belongs to key {meta.get('key')!r}, not this config"
+            )
         size = wpath.stat().st_size
         if size != meta.get("size"):
-            raise CorruptArtifactError(f"{wpath}: size {size} bytes, expected {meta.get('size')} (truncated?)")
+            raise CorruptArtifactError(
+                f"{wpath}: size {size} bytes, expected {meta.get('size')} (truncated?)"
+            )
         digest = _sha256_file(wpath)
         if digest != meta.get("sha256"):
-            raise CorruptArtifactError(f"{wpath}: SHA-256 {digest[:12]}... does not match {str(meta.get('sha256'))[:12]}...")
+            raise CorruptArtifactError(
+                f"{wpath}: SHA-256 {digest[:12]}... does not match {str(meta.get('sha256'))[:12]}..."
+            )
         try:
             tensors = load_file(str(wpath))
         except (SafetensorError, OSError, ValueError) as err:
             raise CorruptArtifactError(f"{wpath}: not a readable safetensors file ({err})") from err
         return tensors, meta["metadata"]
 
-    def save(self, kind: str, config: Mapping[str, Any], tensors: Mapping[str, Tensor],
-             metadata: Mapping[str, Any]) -> Path:
+    def save(
+        self,
+        kind: str,
+        config: Mapping[str, Any],
+        tensors: Mapping[str, Tensor],
+        metadata: Mapping[str, Any],
+    ) -> Path:
         """Write an artifact atomically (temporary file, then rename); returns the weights path."""
         wpath, mpath = self.paths(kind, config)
         wpath.parent.mkdir(parents=True, exist_ok=True)
@@ -136,9 +151,15 @@ class ArtifactCache:
         os.close(fd)
         save_file(clean, tmp, metadata={"key": self.key(kind, config), "kind": kind})
         info = {
-            "key": self.key(kind, config), "kind": kind, "recipe": self.recipe, "config": config,
-            "metadata": dict(metadata), "sha256": _sha256_file(Path(tmp)), "size": Path(tmp).stat().st_size,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
+            "key": self.key(kind, config),
+            "kind": kind,
+            "recipe": self.recipe,
+            "config": config,
+            "metadata": dict(metadata),
+            "sha256": _sha256_file(Path(tmp)),
+            "size": Path(tmp).stat().st_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "torch": torch.__version__,
         }
         mtmp = mpath.with_suffix(".json.tmp")
         mtmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
@@ -147,7 +168,9 @@ class ArtifactCache:
         return wpath
 
     def get_or_build(
-        self, kind: str, config: Mapping[str, Any],
+        self,
+        kind: str,
+        config: Mapping[str, Any],
         build: Callable[[], tuple[Mapping[str, Tensor], Mapping[str, Any]]],
     ) -> tuple[dict[str, Tensor], dict[str, Any], bool]:
         """Load the artifact for ``config``, or build, save and return it.
@@ -163,7 +186,11 @@ class ArtifactCache:
                 tensors, meta = self.load(kind, config)
                 return tensors, meta, True
             except CorruptArtifactError as err:
-                warnings.warn(f"ignoring corrupt cached {kind}: {err}; rebuilding", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"ignoring corrupt cached {kind}: {err}; rebuilding",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 for p in self.paths(kind, config):
                     if p.exists():
                         os.replace(p, p.with_name(p.name + ".corrupt"))
@@ -180,4 +207,4 @@ def prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def unprefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Inverse of :func:`prefixed` for one prefix."""
     p = prefix + "."
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}

@@ -123,7 +123,9 @@ class TargetOracle:
             AccessDenied: for every access level but ``"white-box"``.
         """
         if self.access != "white-box":
-            raise AccessDenied(f"a {self.access!r} oracle does not release the model; white-box only")
+            raise AccessDenied(
+                f"a {self.access!r} oracle does not release the model; white-box only"
+            )
         return self._model
 
     # -- queries -----------------------------------------------------------------------------
@@ -182,4 +184,6 @@ class TargetOracle:
         return probs.argmax(dim=1)
 
     def __repr__(self) -> str:
-        return f"TargetOracle(access={self.access!r}, queries={self._queries}, budget={self.budget})"
+        return (
+            f"TargetOracle(access={self.access!r}, queries={self._queries}, budget={self.budget})"
+        )

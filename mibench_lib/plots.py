@@ -20,15 +20,34 @@ from torch import Tensor
 from mibench_lib.data._types import ImageSet
 
 
-def plot_trend(df: pd.DataFrame, *, x: str, y: str, hue: str = "attack", ax: Axes | None = None,
-               xlabel: str | None = None, ylabel: str | None = None, title: str | None = None) -> Axes:
+def plot_trend(
+    df: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    hue: str = "attack",
+    ax: Axes | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Axes:
     """Mean of ``y`` against ``x`` per ``hue`` with a +/- 1 std band over the remaining rows (seeds).
 
     ``x`` is grouped as given (use a rounded or categorical column, e.g. the accuracy threshold).
     """
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
-    sns.lineplot(data=df, x=x, y=y, hue=hue, style=hue, markers=True, dashes=False, errorbar="sd",
-                 err_style="band", ax=ax)
+    sns.lineplot(
+        data=df,
+        x=x,
+        y=y,
+        hue=hue,
+        style=hue,
+        markers=True,
+        dashes=False,
+        errorbar="sd",
+        err_style="band",
+        ax=ax,
+    )
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     if title:
@@ -43,8 +62,13 @@ def _to_hw(img: Tensor) -> np.ndarray:
 
 
 def plot_reconstruction_grid(
-    rows: Mapping[str, tuple[Tensor, Tensor]], private: ImageSet, classes: Sequence[int], *,
-    per_class: int = 2, class_names: Sequence[str] | None = None, title: str | None = None,
+    rows: Mapping[str, tuple[Tensor, Tensor]],
+    private: ImageSet,
+    classes: Sequence[int],
+    *,
+    per_class: int = 2,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Real private samples of each class above each attack's reconstructions of that class.
 
@@ -57,7 +81,9 @@ def plot_reconstruction_grid(
     """
     names = ["private (real)", *rows]
     ncols = len(classes) * per_class
-    fig, axes = plt.subplots(len(names), ncols, figsize=(0.9 * ncols + 1.2, 0.95 * len(names) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), ncols, figsize=(0.9 * ncols + 1.2, 0.95 * len(names) + 0.5), squeeze=False
+    )
     sources = {"private (real)": (private.images[: len(private)], private.labels), **rows}
     for r, name in enumerate(names):
         imgs, labels = sources[name]
@@ -81,7 +107,9 @@ def plot_reconstruction_grid(
     return fig
 
 
-def plot_image_grid(images: Tensor, *, nrow: int = 8, ax: Axes | None = None, title: str | None = None) -> Axes:
+def plot_image_grid(
+    images: Tensor, *, nrow: int = 8, ax: Axes | None = None, title: str | None = None
+) -> Axes:
     """A plain grid of images (e.g. samples of the GAN prior)."""
     from torchvision.utils import make_grid
 

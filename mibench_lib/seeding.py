@@ -29,7 +29,7 @@ def seed_everything(seed: int) -> torch.Generator:
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds code that uses the legacy global state)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     return torch.Generator().manual_seed(seed)
@@ -58,5 +58,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine"
+        )
     return dev

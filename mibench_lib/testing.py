@@ -20,9 +20,15 @@ class TinyClassifier(Classifier):
         super().__init__(num_classes, 16, input_shape)
         c = input_shape[0]
         self.body = nn.Sequential(
-            nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(c, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
 
     def features(self, x: Tensor) -> Tensor:
@@ -38,12 +44,24 @@ class TinyGenerator(Generator):
         c, h, _ = output_shape
         s = h // 4
         self.stem = nn.Sequential(
-            nn.Linear(latent_dim, 16 * s * s), nn.BatchNorm1d(16 * s * s), nn.ReLU(), nn.Unflatten(1, (16, s, s))
+            nn.Linear(latent_dim, 16 * s * s),
+            nn.BatchNorm1d(16 * s * s),
+            nn.ReLU(),
+            nn.Unflatten(1, (16, s, s)),
         )
-        self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
-            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(8, c, 3, padding=1), nn.Sigmoid()),
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Upsample(scale_factor=2),
+                    nn.Conv2d(16, 8, 3, padding=1),
+                    nn.BatchNorm2d(8),
+                    nn.ReLU(),
+                ),
+                nn.Sequential(
+                    nn.Upsample(scale_factor=2), nn.Conv2d(8, c, 3, padding=1), nn.Sigmoid()
+                ),
+            ]
+        )
 
 
 class TinyDiscriminator(nn.Module):
@@ -53,9 +71,13 @@ class TinyDiscriminator(nn.Module):
         super().__init__()
         c, h, w = input_shape
         self.net = nn.Sequential(
-            nn.Conv2d(c, 8, 3, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(8, 16, 3, 2, 1), nn.InstanceNorm2d(16, affine=True), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(16 * (h // 4) * (w // 4), 1),
+            nn.Conv2d(c, 8, 3, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.InstanceNorm2d(16, affine=True),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(16 * (h // 4) * (w // 4), 1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -63,19 +85,25 @@ class TinyDiscriminator(nn.Module):
         return self.net(x * 2 - 1).squeeze(1)
 
 
-def tiny_classifier(num_classes: int = 4, input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> TinyClassifier:
+def tiny_classifier(
+    num_classes: int = 4, input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
+) -> TinyClassifier:
     """A seeded, randomly initialised :class:`TinyClassifier` in eval mode."""
     torch.manual_seed(seed)
     return TinyClassifier(num_classes, input_shape).eval()
 
 
-def tiny_generator(latent_dim: int = 8, output_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> TinyGenerator:
+def tiny_generator(
+    latent_dim: int = 8, output_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
+) -> TinyGenerator:
     """A seeded, randomly initialised :class:`TinyGenerator` in eval mode."""
     torch.manual_seed(seed)
     return TinyGenerator(latent_dim, output_shape).eval()
 
 
-def tiny_discriminator(input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> TinyDiscriminator:
+def tiny_discriminator(
+    input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0
+) -> TinyDiscriminator:
     """A seeded, randomly initialised :class:`TinyDiscriminator` in eval mode."""
     torch.manual_seed(seed)
     return TinyDiscriminator(input_shape).eval()
@@ -88,5 +116,7 @@ def tiny_digits(resolution: int = 8) -> tuple[Tensor, Tensor]:
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if resolution != 8:
-        x = nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+        x = nn.functional.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False
+        )
     return x.clamp(0, 1), torch.tensor(d.target, dtype=torch.int64)

@@ -1,7 +1,7 @@
 """Write the study notebooks (without outputs) from the cell sources below.
 
 The committed ``notebooks/*.ipynb`` are the source of truth for users; this script is how they are
-(re)generated for review-friendly diffs: ``python tools/make_notebooks.py``.
+(re)generated for review-friendly diffs: ``python tools/make_notebooks.py && ruff format notebooks``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ failure. Next to each attack, *random latents* through the same generator are sc
 **Run:** `mibench run parameters/predictive_power/default.yaml` (headless, papermill) or open this
 notebook in JupyterLab and run all cells (the defaults below are the embedded-default configuration).
 """),
-    code('''
+    code(
+        """
 # Injected by the runner (mibench run): where this configuration writes its outputs.
 study = "predictive_power"  # study name (folder under outputs/)
 config = "interactive"  # parameters-file stem
@@ -78,9 +79,11 @@ query_budgets = {}  # attack -> maximum number of target queries (absent: unlimi
 baseline = True  # also score random latents through the same generator
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
 progress = True  # progress bars
-''', tags=["parameters"]),
+""",
+        tags=["parameters"],
+    ),
     md("## Set-up: data, evaluator, delta_face extractor and GAN prior (all cached)"),
-    code('''
+    code("""
 import time
 from pathlib import Path
 
@@ -121,8 +124,8 @@ split = load_dataset(dataset, **dataset_kwargs)
 attack_classes = list(classes) or list(range(split.num_classes))
 labels = torch.tensor(attack_classes, dtype=torch.int64).repeat_interleave(samples_per_class)
 display(pd.DataFrame([split.summary()]))
-'''),
-    code('''
+"""),
+    code("""
 evaluator = cached_classifier(cache, role="evaluator", arch=evaluator_arch, train=split.evaluator_train,
                               test=split.evaluator_test, num_classes=split.evaluator_num_classes,
                               train_cfg=evaluator_train, seed=model_seed, device=dev, progress=progress)
@@ -137,22 +140,22 @@ display(Markdown(
     f"delta_face extractor `{face.name}`: test accuracy {face.test_acc:.3f}. "
     f"GAN prior: {prior.meta['generator_steps']} generator steps on {len(split.public)} public images "
     f"(cache hit: {prior.cache_hit})."))
-'''),
-    code('''
+"""),
+    code("""
 with torch.inference_mode():
     samples = prior.generator(torch.randn(64, prior.generator.latent_dim,
                                           generator=torch.Generator().manual_seed(0)).to(dev)).cpu()
 ax = plots.plot_image_grid(samples, nrow=16, title="GAN prior: random samples (public data only)")
 save_figure(ax.figure, out, "gan_samples")
 plt.show()
-'''),
+"""),
     md("""
 ## Attacks on every checkpoint
 
 One row per attack x checkpoint x seed is appended to `results.csv` as soon as it is computed, and
 the reconstructions are saved beside it: an interrupted run resumes where it stopped.
 """),
-    code('''
+    code("""
 KEY = ["attack", "threshold", "seed"]
 done = completed_keys(out, KEY)
 names = (["random_latent"] if baseline else []) + list(attacks)
@@ -193,21 +196,23 @@ for seed in seeds:
                     private_train=split.private_train, label_map=split.private_to_evaluator,
                     target=ck.model, device=dev, strict=False)
                 row["acc1_selected"] = sel_scores["acc1"]
+            if "found_start" in res.extras:  # BREP-MI: entries the target never labelled at the start
+                row["start_found"] = float(res.extras["found_start"].float().mean())
             save_file({"images": res.images.contiguous(), "labels": res.labels.contiguous()},
                       out / "reconstructions" / f"{name}_t{ck.threshold:g}_s{seed}.safetensors")
             append_rows(out, [row])
 df = pd.read_csv(out / "results.csv")
 df.tail()
-'''),
+"""),
     md("## Results: mean ± std over seeds"),
-    code('''
+    code("""
 METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid",
            "precision", "recall", "density", "coverage", "queries", "wall_time_s"]
 table = mean_std_table(df, ["attack", "threshold"], [m for m in METRICS if m in df])
 save_table(table, out, "results_mean_std")
 display(Markdown(table.to_markdown(index=False)))
-'''),
-    code('''
+"""),
+    code("""
 df["target accuracy"] = df.groupby("threshold")["target_test_acc"].transform("mean").round(3)
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
 plots.plot_trend(df, x="target accuracy", y="acc1", ax=axes[0], ylabel="evaluator Acc@1",
@@ -218,8 +223,8 @@ plots.plot_trend(df, x="target accuracy", y="target_acc", ax=axes[2], ylabel="ta
                  title="Reconstructions that fool the target")
 save_figure(fig, out, "trends")
 plt.show()
-'''),
-    code('''
+"""),
+    code("""
 top = df[df["threshold"] == df["threshold"].max()]
 long = top.melt(id_vars=["attack", "seed"], value_vars=["target_acc", "acc1", "acc5"],
                 var_name="scored by", value_name="accuracy")
@@ -228,12 +233,12 @@ long["scored by"] = long["scored by"].map({"target_acc": "target (top-1)", "acc1
 fig, ax = plt.subplots(figsize=(7, 4))
 import seaborn as sns
 sns.barplot(data=long, x="attack", y="accuracy", hue="scored by", errorbar="sd", ax=ax)
-ax.set_title(f"Most accurate checkpoint: fooling the target vs. convincing the evaluator")
+ax.set_title("Most accurate checkpoint: fooling the target vs. convincing the evaluator")
 save_figure(fig, out, "target_vs_evaluator")
 plt.show()
-'''),
+"""),
     md("## Reconstructions beside real private samples"),
-    code('''
+    code("""
 for thr in sorted(df["threshold"].unique()):
     rows = {}
     for name in names:
@@ -248,19 +253,19 @@ for thr in sorted(df["threshold"].unique()):
                                          title=f"Target test accuracy {acc:.3f} (seed {seeds[0]})")
     save_figure(fig, out, f"reconstructions_t{thr:g}")
     plt.show()
-'''),
-    code('''
+"""),
+    code("""
 wall = time.perf_counter() - t_start
 display(Markdown(f"Notebook wall time: {wall:.1f} s. Rows: {len(df)}. Outputs in `{out}`."))
-'''),
+"""),
     md("""
 ### Browse interactively (JupyterLab)
 Pick an attack, a checkpoint and a seed to see every reconstruction of that run.
 """),
-    code('''
+    code("""
 import ipywidgets as widgets
 
-def show(attack=names[0], threshold=float(df["threshold"].max()), seed=seeds[0]):
+def show(attack, threshold, seed):
     f = out / "reconstructions" / f"{attack}_t{threshold:g}_s{seed}.safetensors"
     if not f.exists():
         print(f"no reconstructions saved for {attack}, threshold {threshold}, seed {seed}")
@@ -271,14 +276,18 @@ def show(attack=names[0], threshold=float(df["threshold"].max()), seed=seeds[0])
     plt.show()
 
 widgets.interact(show, attack=names, threshold=sorted(df["threshold"].unique().tolist()), seed=list(seeds));
-'''),
+"""),
 ]
 
 
 def write(name: str, cells: list) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = cells
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     path = ROOT / "notebooks" / f"{name}.ipynb"
     nbformat.validate(nb)

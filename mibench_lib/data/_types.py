@@ -31,7 +31,9 @@ class ImageSet(Dataset):
         if data.ndim != 4:
             raise ValueError(f"data must have shape (N, C, H, W), got {tuple(data.shape)}")
         if labels.shape != (data.shape[0],):
-            raise ValueError(f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have shape ({data.shape[0]},), got {tuple(labels.shape)}"
+            )
         if data.dtype != torch.uint8 and not data.is_floating_point():
             raise ValueError(f"data must be uint8 or floating point, got {data.dtype}")
         self.data = data if data.dtype == torch.uint8 else data.float()
@@ -127,3 +129,10 @@ class MISplit:
             "evaluator_train": len(self.evaluator_train),
             "evaluator_test": len(self.evaluator_test),
         }
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset root, image folder or annotation file is missing; the message says what goes where.
+
+    A subclass of :class:`FileNotFoundError`, so callers catching that keep working.
+    """

@@ -7,4 +7,12 @@ from mibench_lib.generators.train import GANReport, gradient_penalty, train_wgan
 #: name -> (generator class, critic class)
 GENERATORS = {"dcgan": (DCGANGenerator, WGANCritic)}
 
-__all__ = ["GENERATORS", "DCGANGenerator", "GANReport", "Generator", "WGANCritic", "gradient_penalty", "train_wgan_gp"]
+__all__ = [
+    "GENERATORS",
+    "DCGANGenerator",
+    "GANReport",
+    "Generator",
+    "WGANCritic",
+    "gradient_penalty",
+    "train_wgan_gp",
+]

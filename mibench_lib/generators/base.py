@@ -38,8 +38,9 @@ class Generator(nn.Module):
         """z -> w. Identity for generators without a mapping network."""
         return z
 
-    def synthesize(self, w: Tensor, *, start: int = 0, features: Tensor | None = None,
-                   stop: int | None = None) -> Tensor:
+    def synthesize(
+        self, w: Tensor, *, start: int = 0, features: Tensor | None = None, stop: int | None = None
+    ) -> Tensor:
         """Run synthesis from block ``start`` (0 = from w through the stem) up to block ``stop``.
 
         Args:
@@ -51,7 +52,9 @@ class Generator(nn.Module):
         """
         stop = self.num_blocks if stop is None else stop
         if not 0 <= start <= stop <= self.num_blocks:
-            raise ValueError(f"need 0 <= start <= stop <= {self.num_blocks}, got start={start}, stop={stop}")
+            raise ValueError(
+                f"need 0 <= start <= stop <= {self.num_blocks}, got start={start}, stop={stop}"
+            )
         h = self.stem(w) if features is None else features
         for block in self.blocks[start:stop]:
             h = block(h)

@@ -43,8 +43,12 @@ class DCGANGenerator(Generator):
         torch.Size([2, 1, 32, 32])
     """
 
-    def __init__(self, latent_dim: int = 100, output_shape: tuple[int, int, int] = (1, 32, 32),
-                 width: int = 16) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 100,
+        output_shape: tuple[int, int, int] = (1, 32, 32),
+        width: int = 16,
+    ) -> None:
         super().__init__(latent_dim, output_shape)
         c, h, w = output_shape
         if h != w:
@@ -53,7 +57,9 @@ class DCGANGenerator(Generator):
         chans = [width * 2 ** (n - 1 - i) for i in range(n)]  # e.g. 64, 32, 16 for n = 3
         top = chans[0] * 2
         self.stem = nn.Sequential(
-            nn.Linear(latent_dim, top * 16, bias=False), nn.BatchNorm1d(top * 16), nn.ReLU(),
+            nn.Linear(latent_dim, top * 16, bias=False),
+            nn.BatchNorm1d(top * 16),
+            nn.ReLU(),
             nn.Unflatten(1, (top, 4, 4)),
         )
         blocks: list[nn.Module] = []
@@ -61,8 +67,11 @@ class DCGANGenerator(Generator):
         for i, cout in enumerate(chans):
             last = i == n - 1
             conv = nn.ConvTranspose2d(cin, c if last else cout, 4, 2, 1, bias=last)
-            blocks.append(nn.Sequential(conv, nn.Sigmoid()) if last
-                          else nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()))
+            blocks.append(
+                nn.Sequential(conv, nn.Sigmoid())
+                if last
+                else nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+            )
             cin = cout
         self.blocks = nn.ModuleList(blocks)
 
@@ -85,7 +94,11 @@ class WGANCritic(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2)]
         cin = width
         for _ in range(n - 1):
-            layers += [nn.Conv2d(cin, 2 * cin, 4, 2, 1), nn.InstanceNorm2d(2 * cin, affine=True), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(cin, 2 * cin, 4, 2, 1),
+                nn.InstanceNorm2d(2 * cin, affine=True),
+                nn.LeakyReLU(0.2),
+            ]
             cin *= 2
         self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin * 16, 1))
         self.input_shape = tuple(input_shape)

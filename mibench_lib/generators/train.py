@@ -19,7 +19,9 @@ from mibench_lib.data._types import ImageSet
 from mibench_lib.models.train import batch_loader
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, *, rng: torch.Generator | None = None) -> Tensor:
+def gradient_penalty(
+    critic: nn.Module, real: Tensor, fake: Tensor, *, rng: torch.Generator | None = None
+) -> Tensor:
     """Mean of (||grad_x D(x_hat)||_2 - 1)^2 over random interpolates x_hat of real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(real.device)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)

@@ -23,7 +23,9 @@ class Classifier(nn.Module):
         input_shape: (C, H, W) of accepted images.
     """
 
-    def __init__(self, num_classes: int, feature_dim: int, input_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self, num_classes: int, feature_dim: int, input_shape: tuple[int, int, int]
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")

@@ -20,7 +20,9 @@ from mibench_lib.models.base import Classifier
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
 
 
 class MnistCNN(Classifier):
@@ -38,15 +40,25 @@ class MnistCNN(Classifier):
         torch.Size([2, 5])
     """
 
-    def __init__(self, num_classes: int, *, input_shape: tuple[int, int, int] = (1, 32, 32),
-                 width: int = 16, feature_dim: int = 128) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        input_shape: tuple[int, int, int] = (1, 32, 32),
+        width: int = 16,
+        feature_dim: int = 128,
+    ) -> None:
         super().__init__(num_classes, feature_dim, input_shape)
         c, h, w = input_shape
         if h % 8 or w % 8:
             raise ValueError(f"MnistCNN needs H and W divisible by 8, got {input_shape}")
         self.body = nn.Sequential(
-            _conv_bn(c, width, 5, 2), _conv_bn(width, 2 * width, 5, 2), _conv_bn(2 * width, 4 * width, 3, 2),
-            nn.Flatten(), nn.Linear(4 * width * (h // 8) * (w // 8), feature_dim), nn.ReLU(),
+            _conv_bn(c, width, 5, 2),
+            _conv_bn(width, 2 * width, 5, 2),
+            _conv_bn(2 * width, 4 * width, 3, 2),
+            nn.Flatten(),
+            nn.Linear(4 * width * (h // 8) * (w // 8), feature_dim),
+            nn.ReLU(),
         )
 
     def features(self, x: Tensor) -> Tensor:
@@ -63,8 +75,15 @@ class MnistEvaluator(Classifier):
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int, *, input_shape: tuple[int, int, int] = (1, 32, 32),
-                 width: int = 32, feature_dim: int = 256, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        input_shape: tuple[int, int, int] = (1, 32, 32),
+        width: int = 32,
+        feature_dim: int = 256,
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__(num_classes, feature_dim, input_shape)
         c = input_shape[0]
         layers: list[nn.Module] = []
@@ -74,8 +93,13 @@ class MnistEvaluator(Classifier):
             layers += [_conv_bn(cin, cout, 3, 1), _conv_bn(cout, cout, 3, 1), nn.MaxPool2d(2)]
             cin = cout
         self.body = nn.Sequential(
-            *layers, nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(cin * 4, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(),
+            *layers,
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(cin * 4, feature_dim),
+            nn.BatchNorm1d(feature_dim),
+            nn.ReLU(),
         )
 
     def features(self, x: Tensor) -> Tensor:
@@ -87,12 +111,17 @@ class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.branch = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return (self.branch(x) + self.shortcut(x)).relu()
@@ -107,13 +136,18 @@ class MnistResNet(Classifier):
         torch.Size([2, 64])
     """
 
-    def __init__(self, num_classes: int, *, input_shape: tuple[int, int, int] = (1, 32, 32),
-                 width: int = 16) -> None:
+    def __init__(
+        self, num_classes: int, *, input_shape: tuple[int, int, int] = (1, 32, 32), width: int = 16
+    ) -> None:
         super().__init__(num_classes, 4 * width, input_shape)
         c = input_shape[0]
         self.body = nn.Sequential(
-            _conv_bn(c, width, 3, 1), _BasicBlock(width, width, 1), _BasicBlock(width, 2 * width, 2),
-            _BasicBlock(2 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            _conv_bn(c, width, 3, 1),
+            _BasicBlock(width, width, 1),
+            _BasicBlock(width, 2 * width, 2),
+            _BasicBlock(2 * width, 4 * width, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
 
     def features(self, x: Tensor) -> Tensor:

@@ -31,15 +31,20 @@ from mibench_lib.data._types import ImageSet
 class LossFn(Protocol):
     """Training loss hook: ``(logits, labels, *, model, images, epoch) -> scalar``."""
 
-    def __call__(self, logits: Tensor, labels: Tensor, *, model: nn.Module, images: Tensor,
-                 epoch: int) -> Tensor: ...
+    def __call__(
+        self, logits: Tensor, labels: Tensor, *, model: nn.Module, images: Tensor, epoch: int
+    ) -> Tensor: ...
 
 
-PrepareFn = Callable[[nn.Module, torch.optim.Optimizer, DataLoader], tuple[nn.Module, torch.optim.Optimizer, DataLoader]]
+PrepareFn = Callable[
+    [nn.Module, torch.optim.Optimizer, DataLoader],
+    tuple[nn.Module, torch.optim.Optimizer, DataLoader],
+]
 
 
-def cross_entropy_loss(logits: Tensor, labels: Tensor, *, model: nn.Module, images: Tensor,
-                       epoch: int) -> Tensor:
+def cross_entropy_loss(
+    logits: Tensor, labels: Tensor, *, model: nn.Module, images: Tensor, epoch: int
+) -> Tensor:
     """The undefended loss: mean cross-entropy."""
     return F.cross_entropy(logits, labels)
 
@@ -68,27 +73,45 @@ class TrainReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def batch_loader(data: ImageSet, *, batch_size: int, rng: torch.Generator | None, shuffle: bool = True) -> DataLoader:
+def batch_loader(
+    data: ImageSet, *, batch_size: int, rng: torch.Generator | None, shuffle: bool = True
+) -> DataLoader:
     """A DataLoader that indexes the in-memory set once per batch (no per-sample Python loop)."""
     sampler = RandomSampler(data, generator=rng) if shuffle else range(len(data))
-    return DataLoader(data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(
+        data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None
+    )
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: Tensor, *, batch_size: int = 512,
-                   device: torch.device | str | None = None) -> Tensor:
+def predict_logits(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Logits of ``model`` on ``images`` in eval mode, in batches; returned on the CPU."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = torch.cat([model(images[i:i + batch_size].to(device)).float().cpu()
-                     for i in range(0, images.shape[0], batch_size)])
+    out = torch.cat(
+        [
+            model(images[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    )
     model.train(was_training)
     return out
 
 
-def accuracy(model: nn.Module, data: ImageSet, *, batch_size: int = 512,
-             device: torch.device | str | None = None) -> float:
+def accuracy(
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> float:
     """Top-1 accuracy of ``model`` on a labelled set."""
     if len(data) == 0:
         raise ValueError("cannot compute accuracy on an empty set")
@@ -143,17 +166,25 @@ def train_classifier(
         ValueError: empty data, unknown optimizer, thresholds outside (0, 1].
     """
     if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"train and test must be non-empty, got {len(train)} and {len(test)} images")
+        raise ValueError(
+            f"train and test must be non-empty, got {len(train)} and {len(test)} images"
+        )
     if any(not 0 < t <= 1 for t in checkpoint_thresholds):
-        raise ValueError(f"checkpoint_thresholds must lie in (0, 1], got {list(checkpoint_thresholds)}")
+        raise ValueError(
+            f"checkpoint_thresholds must lie in (0, 1], got {list(checkpoint_thresholds)}"
+        )
     device = torch.device(device)
     model = model.to(device)
     if wrap_model is not None:
         model = wrap_model(model).to(device)
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=lr, weight_decay=weight_decay
+        )
     elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     loader = batch_loader(train, batch_size=batch_size, rng=rng)
@@ -185,7 +216,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             step += 1
-            report.losses.append(float(loss))
+            report.losses.append(loss.detach().item())
             bar.update(1)
             if eval_every and step % eval_every == 0:
                 bar.set_postfix(acc=f"{evaluate(step):.3f}")
@@ -195,7 +226,9 @@ def train_classifier(
     bar.close()
     model.eval()
     report.steps = step
-    report.test_acc = report.acc_history[-1][1] if report.acc_history else accuracy(model, test, device=device)
+    report.test_acc = (
+        report.acc_history[-1][1] if report.acc_history else accuracy(model, test, device=device)
+    )
     report.train_acc = accuracy(model, train, device=device)
     return model, report
 

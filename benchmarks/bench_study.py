@@ -1,0 +1,100 @@
+"""Time the predictive-power study on the embedded default: cold cache, rerun, attack-only change.
+
+Usage: ``python benchmarks/bench_study.py [--config parameters/predictive_power/default.yaml]``
+
+Three runs of ``mibench run`` in fresh temporary cache and output folders:
+
+1. **cold**: empty artifact cache, nothing computed yet (trains evaluator, delta_face extractor,
+   GAN and one target per seed, then runs every attack);
+2. **rerun**: identical parameters: the completed configuration is skipped;
+3. **attack change**: only an attack parameter differs: the notebook reruns the attacks but every
+   trained model comes from the cache (checked: no new cache file appears).
+
+Where the cold time goes is read back from the run itself: training wall times from the cache
+metadata, attack wall times from ``results.csv``. Results go to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="parameters/predictive_power/default.yaml")
+    args = ap.parse_args()
+    cfg = Path(args.config)
+    params = yaml.safe_load((ROOT / cfg).read_text())
+    mibench = str(Path(sys.executable).with_name("mibench"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache, out_root = Path(tmp) / "cache", Path(tmp) / "outputs"
+        base = [
+            mibench,
+            "run",
+            str(cfg),
+            "--out-root",
+            str(out_root),
+            "-p",
+            "cache_dir",
+            str(cache),
+            "-p",
+            "progress",
+            "false",
+        ]
+        cold = run(base)
+        rerun = run(base)
+        files_before = sorted(p.name for p in cache.rglob("*.safetensors"))
+        changed = dict(params["attack_kwargs"])
+        changed["miface"] = {**changed.get("miface", {}), "lr": 0.05}
+        attack_change = run([*base, "-p", "attack_kwargs", json.dumps(changed)])
+        files_after = sorted(p.name for p in cache.rglob("*.safetensors"))
+        out = out_root / cfg.parent.name / cfg.stem
+        df = pd.read_csv(out / "results.csv")
+        training = {}
+        for meta_file in cache.rglob("*.json"):
+            meta = json.loads(meta_file.read_text())
+            training.setdefault(meta["kind"], 0.0)
+            training[meta["kind"]] += float(meta["metadata"].get("wall_time_s", 0.0))
+        env = json.loads((out / "environment.json").read_text())
+    attack_time = df.groupby("attack")["wall_time_s"].sum().round(1).to_dict()
+    report = {
+        "config": str(cfg),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "cold_s": round(cold, 1),
+        "rerun_s": round(rerun, 1),
+        "attack_change_s": round(attack_change, 1),
+        "models_reused_on_attack_change": files_before == files_after,
+        "training_s_by_kind": {k: round(v, 1) for k, v in training.items()},
+        "attack_s_by_attack": attack_time,
+        "notebook_wall_s": env.get("wall_time_s"),
+    }
+    dest = ROOT / "benchmarks" / "results" / f"{cfg.parent.name}_{cfg.stem}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

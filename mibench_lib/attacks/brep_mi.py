@@ -1,0 +1,373 @@
+"""Boundary-repelling model inversion (BREP-MI): Kahla, Chen, Just and Jia, "Label-Only Model
+Inversion Attacks via Boundary Repulsion", CVPR 2022, https://arxiv.org/abs/2203.01925.
+
+Algorithm. A label-only attacker sees only the target's predicted class. It walks in the latent
+space of a public GAN, away from the decision boundary of the target class ``y``:
+
+1. Start point: draw ``z ~ N(0, I)`` clamped to ``[-point_clamp, point_clamp]`` in batches and keep,
+   for each label, a draw that the target already labels ``y``.
+2. Each iteration, with the sphere radius ``R`` at its current value:
+   a. step size ``min(R / 3, 3)``;
+   b. ``sphere_points`` points ``z + R u_k`` with ``u_k`` uniform on the unit sphere (normalised
+      Gaussian directions); score ``s_k = +1`` if the target labels ``G(z + R u_k)`` as ``y``,
+      else ``-1``;
+   c. if ``sum_k s_k > 0.75 * sphere_points`` (at least 29 of 32 inside), the radius grows,
+      ``R <- expansion * R``;
+   d. direction ``mean_k(w_k R u_k) / R`` with ``w_k = (s_k - 1) / 2`` (repulsion only: inside
+      points weigh 0, outside points -1) or ``w_k = s_k``; the division uses the radius after c;
+   e. candidate ``clamp(z + step * direction, -point_clamp, point_clamp)``; it is rejected
+      (``z`` kept, a fresh sphere drawn next time) if the target does not label it ``y``;
+   f. if the radius grew, the point is snapshotted.
+3. A label stops after ``max_stale_iters`` iterations without a radius increase (or after
+   ``max_iters``). Its output is the snapshot from the last radius increase: the point that survived
+   the largest sphere, not the last iterate.
+
+Each iteration costs ``sphere_points + 1`` queries per running label; the start-point search costs
+``init_batch`` per batch drawn.
+
+Deviations from the official code (``brep_mi.py`` of the authors' repository), all deliberate:
+
+- The official iteration counter advances only on accepted steps without a radius increase
+  (a rejected step or a radius increase restarts the inner loop without counting). Here every
+  iteration counts towards ``max_stale_iters`` and ``max_iters``, so a label whose steps keep being
+  rejected still terminates. Without rejections and radius increases the two counts agree.
+- At a radius increase whose step is rejected, the official snapshot (and its success flag) keeps
+  the value of the previous increase; here the snapshot is the kept point, which the target also
+  labels ``y``.
+- All labels are attacked in one batch, each with its own radius, stale counter and stop flag;
+  finished labels are never queried again. Repeated labels get distinct start points (the official
+  code attacks each class once).
+- The target's cross-entropy loss and the evaluator's verdict, which the official loop logs every
+  iteration, are not computed: a label-only attacker has neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mibench_lib._checks import check_labels
+from mibench_lib.attacks._result import InversionResult, StepCallback
+from mibench_lib.generators.base import Generator
+from mibench_lib.oracle import TargetOracle
+
+__all__ = ["brep_mi_attack"]
+
+
+@contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put frozen networks in eval mode (BatchNorm uses, and never updates, running stats)."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def _predicted_labels(oracle: TargetOracle, generator: Generator, z: Tensor) -> Tensor:
+    """Target labels of ``G(z)``: (M,) int64. Only the argmax of any released output is used."""
+    out = oracle(generator(z))
+    return out if out.ndim == 1 else out.argmax(dim=1)
+
+
+def _initial_points(
+    oracle: TargetOracle,
+    generator: Generator,
+    labels: Tensor,
+    *,
+    batch: int,
+    max_batches: int,
+    point_clamp: float,
+    rng: torch.Generator | None,
+    missing_start: str = "raise",
+) -> tuple[Tensor, Tensor]:
+    """One start latent per label entry that the target labels as that entry's label.
+
+    Draws batches of clamped Gaussian latents; within a batch, the k-th draw labelled ``c`` goes to
+    the k-th still-open entry with label ``c``, so repeated labels get distinct draws.
+
+    Returns:
+        ``(start, found)``: (N, latent_dim) latents and an (N,) bool mask of entries that got a
+        start point, both on the CPU. With ``missing_start="random"``, an entry without a hit keeps
+        a random latent of the last batch (the attack then leaves it where it is).
+
+    Raises:
+        ValueError: some labels got no hit in ``max_batches`` batches and ``missing_start`` is
+            ``"raise"``; the message names them.
+    """
+    device, k = oracle.device, oracle.num_classes
+    labels = labels.cpu()  # bookkeeping on the CPU; only the latents travel to the device
+    n, dim = labels.numel(), generator.latent_dim
+    start = torch.zeros(n, dim)
+    filled = torch.zeros(n, dtype=torch.bool)
+    for _ in range(max_batches):
+        cand = torch.randn(batch, dim, generator=rng).clamp(-point_clamp, point_clamp)
+        pred = _predicted_labels(oracle, generator, cand.to(device)).cpu()
+        # rank of each draw among the earlier draws of this batch with the same predicted label
+        cand_rank = (F.one_hot(pred, k).cumsum(0) - 1).gather(1, pred[:, None]).squeeze(1)
+        open_idx = (~filled).nonzero().squeeze(1)
+        want = labels[open_idx]
+        want_rank = (F.one_hot(want, k).cumsum(0) - 1).gather(1, want[:, None]).squeeze(1)
+        match = (want[:, None] == pred[None, :]) & (want_rank[:, None] == cand_rank[None, :])
+        hit = match.any(dim=1)
+        start[open_idx[hit]] = cand[match[hit].float().argmax(dim=1)]
+        filled[open_idx[hit]] = True
+        if filled.all():
+            return start, filled
+    missing = sorted(set(labels[~filled].tolist()))
+    if missing_start == "random":
+        start[~filled] = cand[: int((~filled).sum())]
+        return start, filled
+    raise ValueError(
+        f"brep_mi_attack found no start point for labels {missing}: the target never predicted "
+        f"them on {max_batches} batches of {batch} random latents (raise max_init_batches, "
+        "or pass missing_start='random' to score them as failures)"
+    )
+
+
+def _sphere(
+    z: Tensor, radius: Tensor, num_points: int, rng: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Points uniformly on the sphere of radius R_a around each z_a.
+
+    Args:
+        z: (A, d) centres. radius: (A,) radii.
+
+    Returns:
+        ``(points, offsets)``, both (A, num_points, d), with ``points = z + offsets`` and
+        ``|offsets| = R`` row-wise.
+    """
+    gauss = torch.randn(z.shape[0], num_points, z.shape[1], generator=rng).to(z.device)
+    offsets = gauss * (radius[:, None, None] / gauss.norm(dim=2, keepdim=True))
+    return z[:, None, :] + offsets, offsets
+
+
+def _iteration(
+    oracle: TargetOracle,
+    generator: Generator,
+    z: Tensor,
+    y: Tensor,
+    radius: Tensor,
+    *,
+    sphere_points: int,
+    expansion: float,
+    point_clamp: float,
+    repulsion_only: bool,
+    rng: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One BREP-MI iteration for A running labels at once (``sphere_points + 1`` queries each).
+
+    Args:
+        z: (A, d) current points, each labelled ``y`` by the target. y: (A,) labels.
+        radius: (A,) current sphere radii.
+
+    Returns:
+        ``(z, radius, grew, accepted, outside)``: the new points (old point where the step was
+        rejected), the new radii, (A,) bool radius increased, (A,) bool step accepted, and (A,)
+        fraction of sphere points outside the class.
+    """
+    a, dim = z.shape
+    step = (radius / 3).clamp(max=3.0)
+    points, offsets = _sphere(z, radius, sphere_points, rng)
+    inside = _predicted_labels(oracle, generator, points.reshape(a * sphere_points, dim))
+    inside = inside.view(a, sphere_points) == y[:, None]
+    score = inside.to(z.dtype) * 2 - 1  # +1 inside class y, -1 outside
+    grew = score.sum(dim=1) > 0.75 * sphere_points
+    radius = torch.where(grew, radius * expansion, radius)
+    weight = (score - 1) / 2 if repulsion_only else score
+    direction = (weight[:, :, None] * offsets).mean(dim=1) / radius[:, None]
+    candidate = (z + step[:, None] * direction).clamp(-point_clamp, point_clamp)
+    accepted = _predicted_labels(oracle, generator, candidate) == y
+    z = torch.where(accepted[:, None], candidate, z)
+    return z, radius, grew, accepted, 1.0 - inside.to(z.dtype).mean(dim=1)
+
+
+def brep_mi_attack(
+    oracle: TargetOracle,
+    labels: Tensor,
+    *,
+    generator: Generator,
+    sphere_points: int = 32,
+    initial_radius: float = 2.0,
+    expansion: float = 1.3,
+    point_clamp: float = 1.5,
+    max_stale_iters: int = 1000,
+    max_iters: int | None = None,
+    init_batch: int = 256,
+    max_init_batches: int = 100,
+    repulsion_only: bool = True,
+    missing_start: str = "raise",
+    rng: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> InversionResult:
+    """Invert ``labels`` from predicted labels only, by repelling latents from the class boundary.
+
+    Works at every access level: probabilities, top-k or logits are reduced to their argmax, and
+    the target model itself is never touched, so a ``"label"`` oracle suffices.
+
+    Args:
+        oracle: Oracle of the target at any access level.
+        labels: (N,) int64 class ids in ``[0, K)``; repeats allowed (each gets its own start
+            point and walk).
+        generator: Public-data GAN generator on the oracle's device, (M, latent_dim) ->
+            (M, C, H, W) in [0, 1]. Run in eval mode without gradients, never updated.
+        sphere_points: Points per sphere (official 32).
+        initial_radius: Starting sphere radius (official 2).
+        expansion: Radius growth factor (official 1.3).
+        point_clamp: Start points and iterates are clamped to ``[-point_clamp, point_clamp]``
+            (official 1.5); sphere points are not.
+        max_stale_iters: A label stops after this many iterations without a radius increase
+            (official 1000).
+        max_iters: Optional cap on iterations per label (``None``: no cap). A target that keeps
+            at least 29/32 sphere points inside at every radius is only stopped by this cap.
+        init_batch: Latents drawn per start-point batch (official 256).
+        max_init_batches: Start-point batches tried before giving up.
+        repulsion_only: Official ``True``: only outside points push. ``False`` also lets inside
+            points pull.
+        missing_start: What to do when the target never predicts some label on the random
+            start-point batches: ``"raise"`` (the official code asserts), or ``"random"``: keep a
+            random latent for those entries, do not attack them (no further queries) and mark
+            them in ``extras["found_start"]``, so a study scores them as the failures they are.
+        rng: CPU generator for start points and sphere directions (moved to the oracle's device).
+        on_step: Progress hook ``on_step(iteration, max_iters or 0, info)``, called every 10
+            iterations and at the last one, with the number of running labels, their mean radius
+            and the mean fraction of sphere points outside the class.
+
+    Returns:
+        InversionResult with images (N, C, H, W) on the CPU in [0, 1] (``G`` of the snapshot at
+        each label's last radius increase, or of its start point if the radius never grew), the
+        labels, those latents, ``losses`` (per iteration, the mean fraction of sphere points
+        outside the class over running labels: a label-only stand-in for a loss), ``queries``
+        (``init_batch`` per start batch plus ``sphere_points + 1`` per running label per
+        iteration) and ``extras``:
+
+        - ``"radius"``: (N,) final sphere radius;
+        - ``"iterations"``: (N,) iterations each label ran;
+        - ``"start_latents"``: (N, latent_dim) start points;
+        - ``"last_latents"``: (N, latent_dim) last iterates (not the output);
+        - ``"init_queries"``: queries spent on the start-point search.
+
+    Raises:
+        ValueError: bad labels or parameters, or no start point found for some labels (named).
+        QueryBudgetExceeded: the oracle's budget runs out.
+
+    Example:
+        >>> from mibench_lib.oracle import TargetOracle
+        >>> from mibench_lib.testing import tiny_classifier, tiny_generator
+        >>> oracle = TargetOracle(tiny_classifier(), access="label")
+        >>> res = brep_mi_attack(oracle, torch.tensor([3]), generator=tiny_generator(),
+        ...                      max_iters=3, rng=torch.Generator().manual_seed(0))
+        >>> res.queries == res.extras["init_queries"] + 3 * 33
+        True
+    """
+    check_labels(labels, oracle.num_classes)
+    if sphere_points < 1:
+        raise ValueError(f"sphere_points must be >= 1, got {sphere_points}")
+    if initial_radius <= 0:
+        raise ValueError(f"initial_radius must be positive, got {initial_radius}")
+    if expansion <= 1:
+        raise ValueError(f"expansion must be > 1, got {expansion}")
+    if point_clamp <= 0:
+        raise ValueError(f"point_clamp must be positive, got {point_clamp}")
+    if max_stale_iters < 1:
+        raise ValueError(f"max_stale_iters must be >= 1, got {max_stale_iters}")
+    if max_iters is not None and max_iters < 0:
+        raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
+    if missing_start not in ("raise", "random"):
+        raise ValueError(f"missing_start must be 'raise' or 'random', got {missing_start!r}")
+    if init_batch < 1 or max_init_batches < 1:
+        raise ValueError(
+            f"init_batch and max_init_batches must be >= 1, got {init_batch} and {max_init_batches}"
+        )
+
+    start_queries, t0 = oracle.queries, time.perf_counter()
+    device = oracle.device
+    n = labels.numel()
+    y = labels.to(device)
+    losses: list[float] = []
+
+    with _eval_mode(generator), torch.no_grad():
+        start, found = _initial_points(
+            oracle,
+            generator,
+            labels,
+            batch=init_batch,
+            max_batches=max_init_batches,
+            point_clamp=point_clamp,
+            rng=rng,
+            missing_start=missing_start,
+        )
+        init_queries = oracle.queries - start_queries
+        z = start.to(device, copy=True)
+        snapshot = z.clone()
+        radius = torch.full((n,), float(initial_radius), dtype=z.dtype, device=device)
+        stale = torch.zeros(n, dtype=torch.long, device=device)
+        iters = torch.zeros(n, dtype=torch.long, device=device)
+        active = found.to(device).clone()
+        if max_iters == 0:
+            active.zero_()
+
+        iteration = 0
+        while active.any():
+            idx = active.nonzero().squeeze(1)
+            z_a, r_a, grew, _, outside = _iteration(
+                oracle,
+                generator,
+                z[idx],
+                y[idx],
+                radius[idx],
+                sphere_points=sphere_points,
+                expansion=expansion,
+                point_clamp=point_clamp,
+                repulsion_only=repulsion_only,
+                rng=rng,
+            )
+            z[idx], radius[idx] = z_a, r_a
+            snapshot[idx[grew]] = z_a[grew]
+            stale[idx] = torch.where(grew, 0, stale[idx] + 1)
+            iters[idx] += 1
+            done = stale[idx] >= max_stale_iters
+            if max_iters is not None:
+                done |= iters[idx] >= max_iters
+            active[idx[done]] = False
+
+            iteration += 1
+            losses.append(float(outside.mean()))
+            if on_step is not None and (iteration % 10 == 0 or not active.any()):
+                on_step(
+                    iteration,
+                    max_iters or 0,
+                    {
+                        "loss": losses[-1],
+                        "active": float(idx.numel()),
+                        "mean_radius": float(r_a.mean()),
+                    },
+                )
+
+        images = generator(snapshot)
+
+    return InversionResult(
+        attack="brep_mi",
+        images=images.cpu(),
+        labels=labels.cpu(),
+        latents=snapshot.cpu(),
+        losses=losses,
+        queries=oracle.queries - start_queries,
+        wall_time_s=time.perf_counter() - t0,
+        extras={
+            "radius": radius.cpu(),
+            "iterations": iters.cpu(),
+            "start_latents": start,
+            "last_latents": z.cpu(),
+            "init_queries": init_queries,
+            "found_start": found,
+        },
+    )

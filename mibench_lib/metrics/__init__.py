@@ -1,0 +1,67 @@
+"""The nine MIBench metrics of a set of reconstructions, plus the target's own accuracy.
+
+Each metric is one line; N reconstructions x_j of private classes y_j, an evaluation model E
+(never queried by the attack), private training images of the attacked classes as reference:
+
+- ``acc1``: share of x_j with E's top-1 prediction equal to y_j (mapped into E's label space).
+- ``acc5``: share of x_j with y_j among E's 5 highest logits.
+- ``delta_eval``: mean over j of min over private x' of class y_j of
+  ||E.features(x_j) - E.features(x')||^2 (squared KNN distance).
+- ``delta_face``: the same squared KNN distance in a second, independent feature extractor
+  (a face-recognition network, or an evaluator of another architecture).
+- ``fid``: Fréchet distance between Gaussians fitted to reconstruction and private features
+  (Inception-v3 pool3 when weights are given, else E's penultimate features).
+- ``precision``: per class, share of reconstructions inside some private sample's k-NN ball
+  (Naeem et al. 2020, k = 3), averaged over classes.
+- ``recall``: per class, share of private samples inside some reconstruction's k-NN ball, averaged.
+- ``density``: per class, mean number of private k-NN balls holding a reconstruction, over k.
+- ``coverage``: per class, share of private samples whose k-NN ball holds a reconstruction.
+- ``target_acc``: top-1 accuracy of the attacked model itself on the reconstructions.
+
+Every function runs gradient-free in batches and raises :class:`MetricUnavailable` (never returns
+0 or NaN) when its value cannot be computed. :func:`evaluate_reconstructions` computes them all.
+"""
+
+from mibench_lib.metrics._errors import MetricUnavailable
+from mibench_lib.metrics.accuracy import accuracy_from_logits, attack_accuracy, target_accuracy
+from mibench_lib.metrics.evaluate import evaluate_reconstructions
+from mibench_lib.metrics.features import extract_features, predict_logits
+from mibench_lib.metrics.fid import (
+    InceptionPool3,
+    fid,
+    frechet_distance,
+    load_inception_pool3,
+)
+from mibench_lib.metrics.knn_distance import feature_knn_distance, knn_distance
+from mibench_lib.metrics.prdc import PRDC_KEYS, class_mean_prdc, prdc, prdc_per_class
+
+#: Metric name -> the function computing it (Acc@5 is ``attack_accuracy(..., top_k=5)``; delta_eval
+#: and delta_face are ``feature_knn_distance`` with the evaluator or the face model, then a mean).
+METRICS = {
+    "attack_accuracy": attack_accuracy,
+    "target_accuracy": target_accuracy,
+    "knn_distance": feature_knn_distance,
+    "fid": fid,
+    "prdc": class_mean_prdc,
+}
+
+__all__ = [
+    "METRICS",
+    "PRDC_KEYS",
+    "InceptionPool3",
+    "MetricUnavailable",
+    "accuracy_from_logits",
+    "attack_accuracy",
+    "class_mean_prdc",
+    "evaluate_reconstructions",
+    "extract_features",
+    "feature_knn_distance",
+    "fid",
+    "frechet_distance",
+    "knn_distance",
+    "load_inception_pool3",
+    "prdc",
+    "prdc_per_class",
+    "predict_logits",
+    "target_accuracy",
+]

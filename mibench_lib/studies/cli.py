@@ -1,0 +1,212 @@
+"""The ``mibench`` command line: run, validate and list studies, and list the registries.
+
+Usage::
+
+    mibench run parameters/<study>/<config>.yaml [-p KEY VALUE ...] [--force] [--out-root DIR]
+    mibench run-all [--study S] [--jobs N] [--force] [--include-tiny] [--out-root DIR]
+    mibench validate parameters/<study>/<config>.yaml [-p KEY VALUE ...]
+    mibench list
+
+``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is one
+line on stderr and exit status 2; a failed run is one line naming the executed notebook and
+status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from mibench_lib.studies.params import ParameterError, display_path
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """A command-line argument that makes no sense (reported as one line, status 2)."""
+
+
+def _say(text: str, stream: TextIO | None = None) -> None:
+    (stream if stream is not None else sys.stdout).write(text + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mibench`` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="mibench", description="Run and inspect mibench study notebooks."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-p",
+            "--parameter",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("KEY", "VALUE"),
+            help="override one parameter; VALUE is read as YAML (10, 0.5, '[0, 1]', gmi)",
+        )
+
+    run = sub.add_parser("run", help="run one parameter file")
+    run.add_argument("params_file", help="parameters/<study>/<config>.yaml")
+    add_overrides(run)
+    run.add_argument("--force", action="store_true", help="run even if already complete")
+    run.add_argument("--out-root", default=None, help="output root (default: <repo>/outputs)")
+    run.add_argument("--timeout", type=int, default=None, help="limit per cell in seconds")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    run.add_argument("--no-progress", action="store_true", help="hide the cell progress bar")
+
+    run_all = sub.add_parser("run-all", help="run every configuration (tiny.yaml excluded)")
+    run_all.add_argument("--study", default=None, help="only this study")
+    run_all.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
+    run_all.add_argument("--force", action="store_true", help="re-run completed configurations")
+    run_all.add_argument("--include-tiny", action="store_true", help="also run tiny.yaml")
+    run_all.add_argument("--out-root", default=None, help="output root (default: <repo>/outputs)")
+    run_all.add_argument("--timeout", type=int, default=None, help="limit per cell in seconds")
+    run_all.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+
+    validate = sub.add_parser("validate", help="check a parameter file without running it")
+    validate.add_argument("params_file", help="parameters/<study>/<config>.yaml")
+    add_overrides(validate)
+
+    sub.add_parser("list", help="list datasets, models, attacks, metrics, defenses and studies")
+    return parser
+
+
+def _names(registry: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(registry)) or "none"
+
+
+def _list() -> int:
+    from mibench_lib.attacks import ATTACK_ACCESS, ATTACKS
+    from mibench_lib.data import DATASETS
+    from mibench_lib.metrics import METRICS
+    from mibench_lib.models import MODELS
+    from mibench_lib.studies.runner import list_configs, list_studies
+
+    _say(f"datasets: {_names(DATASETS)}")
+    _say(f"models: {_names(MODELS)}")
+    _say("attacks:")
+    for name in sorted(ATTACKS):
+        _say(f"  {name} ({ATTACK_ACCESS.get(name, 'access unknown')})")
+    _say(f"metrics: {_names(METRICS)}")
+    try:
+        defenses = importlib.import_module("mibench_lib.defenses")
+    except ModuleNotFoundError as err:
+        if err.name != "mibench_lib.defenses":  # a missing dependency inside it is a real error
+            raise
+        _say("defenses: none yet")
+    else:
+        _say(f"defenses: {_names(defenses.DEFENSES)}")
+    _say("studies:")
+    for study in list_studies():
+        _say(f"  {study}: {', '.join(list_configs(study)) or 'no configurations'}")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from mibench_lib.studies.params import load_parameters, parse_overrides
+    from mibench_lib.studies.runner import locate
+
+    target = locate(args.params_file)
+    params = load_parameters(
+        target.params_file, target.notebook, overrides=parse_overrides(args.parameter)
+    )
+    _say(
+        f"{display_path(target.params_file)}: valid for {display_path(target.notebook)} "
+        f"({len(params)} parameters set)"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mibench_lib.studies.params import parse_overrides
+    from mibench_lib.studies.runner import run_config
+
+    out = run_config(
+        args.params_file,
+        overrides=parse_overrides(args.parameter),
+        out_root=args.out_root,
+        kernel_name=args.kernel,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+        force=args.force,
+    )
+    _say(str(out))
+    return EXIT_OK
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from mibench_lib.studies.runner import list_studies, run_all
+
+    if args.jobs < 1:
+        raise _UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.study is not None and args.study not in (known := list_studies()):
+        raise _UsageError(f"unknown study {args.study!r}; known studies: {', '.join(known)}")
+    results = run_all(
+        study=args.study,
+        jobs=args.jobs,
+        out_root=args.out_root,
+        include_tiny=args.include_tiny,
+        force=args.force,
+        kernel_name=args.kernel,
+        timeout_s=args.timeout,
+    )
+    for r in results:
+        _say(f"{r.status:12s} {r.study}/{r.config}  {r.detail}".rstrip())
+    failed = [r for r in results if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in results) for s in ("ran", "skipped", "unavailable")}
+    _say(
+        f"{len(results)} configurations: {counts['ran']} ran, {counts['skipped']} already "
+        f"complete, {counts['unavailable']} unavailable here, {len(failed)} failed"
+    )
+    for r in failed:
+        _say(f"FAILED {r.study}/{r.config}: {r.detail}", sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mibench``; returns the exit status.
+
+    Args:
+        argv: Arguments without the program name; None reads ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 1 when a run failed, 2 for a usage, parameter or missing-file error.
+    """
+    from mibench_lib.studies.runner import RunFailedError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has already printed the usage message
+        return int(exit_.code or 0)
+
+    # Progress lines of the runner (skipped, running, finished) go to stderr for this call only.
+    log = logging.getLogger("mibench_lib.studies")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mibench: %(message)s"))
+    log.addHandler(handler)
+    previous_level = log.level
+    log.setLevel(logging.INFO)
+    commands = {"run": _run, "run-all": _run_all, "validate": _validate}
+    try:
+        if args.command == "list":
+            return _list()
+        return commands[args.command](args)
+    except (ParameterError, FileNotFoundError, _UsageError) as err:
+        _say(f"mibench: error: {err}", sys.stderr)
+        return EXIT_USAGE
+    except RunFailedError as err:
+        _say(f"mibench: run failed: {err}", sys.stderr)
+        return EXIT_FAILED
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)

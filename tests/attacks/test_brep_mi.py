@@ -1,0 +1,382 @@
+"""BREP-MI: label-only access, the official iteration rule, query accounting, start points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mibench_lib.attacks import brep_mi_attack
+from mibench_lib.attacks.brep_mi import _iteration, _sphere
+from mibench_lib.models.base import Classifier
+from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
+from mibench_lib.testing import tiny_classifier, tiny_generator
+
+
+class ConstantTarget(Classifier):
+    """Predicts ``label`` for every input; records (grad enabled, input requires grad) per call."""
+
+    def __init__(self, label: int = 1, num_classes: int = 2) -> None:
+        super().__init__(num_classes, 1, (1, 8, 8))
+        self.label = label
+        self.calls: list[tuple[bool, bool]] = []
+
+    def features(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0], 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls.append((torch.is_grad_enabled(), x.requires_grad))
+        bump = F.one_hot(torch.full((x.shape[0],), self.label), self.num_classes)
+        return self.head(self.features(x)) + 10.0 * bump
+
+
+class ScriptedOracle:
+    """Duck-typed label oracle: the k-th call answers ``answers[k](batch_size)``."""
+
+    num_classes = 2
+    input_shape = (1, 8, 8)
+    device = torch.device("cpu")
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, images: Tensor) -> Tensor:
+        self.batch_sizes.append(images.shape[0])
+        return self.answers.pop(0)(images.shape[0])
+
+
+def _rng(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _all(label: int):
+    """Script answer: every queried image gets ``label``."""
+    return lambda n: torch.full((n,), label, dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_target, digits_generator):
+    """One label-only run on the trained tiny target, shared by several tests."""
+    oracle = TargetOracle(digits_target, access="label")
+    labels = torch.tensor([0, 1, 2, 3, 0, 3])
+    res = brep_mi_attack(
+        oracle,
+        labels,
+        generator=digits_generator,
+        initial_radius=1.0,
+        max_stale_iters=20,
+        rng=_rng(0),
+    )
+    return res, oracle
+
+
+# -- the feature: a label-only attack that beats random latents --------------------------------
+def test_beats_random_latents_and_start_points(
+    digits_run, digits_target, digits_generator, label_prob
+):
+    res, _ = digits_run
+    with torch.no_grad():
+        random_images = digits_generator(torch.randn(6, 8, generator=_rng(1)))
+        start_images = digits_generator(res.extras["start_latents"])
+    p_attack = label_prob(digits_target, res.images, res.labels)
+    p_random = label_prob(digits_target, random_images, res.labels)
+    p_start = label_prob(digits_target, start_images, res.labels)
+    # every output stays inside its class; random latents hit the label far less often
+    assert (digits_target(res.images).argmax(1) == res.labels).all()
+    assert (digits_target(random_images).argmax(1) == res.labels).float().mean() < 0.75
+    assert p_attack.mean() > p_random.mean() + 0.3
+    assert p_attack.mean() > p_start.mean()  # repulsion moves points away from the boundary
+    assert (res.extras["radius"] > 1.0).any()
+
+
+def test_shapes_range_and_latents_in_clamp(digits_run):
+    res, _ = digits_run
+    assert res.attack == "brep_mi"
+    assert res.images.shape == (6, 1, 8, 8) and res.images.device.type == "cpu"
+    assert 0.0 <= float(res.images.min()) <= float(res.images.max()) <= 1.0
+    assert res.latents.shape == (6, 8) and float(res.latents.abs().max()) <= 1.5
+    assert res.labels.tolist() == [0, 1, 2, 3, 0, 3]
+    # repeated labels get their own start points
+    starts = res.extras["start_latents"]
+    assert not torch.equal(starts[0], starts[4]) and not torch.equal(starts[3], starts[5])
+
+
+def test_queries_count_only_running_entries(digits_run):
+    res, oracle = digits_run
+    iters = res.extras["iterations"]
+    assert len(set(iters.tolist())) > 1  # entries stopped at different times
+    assert res.extras["init_queries"] % 256 == 0
+    assert res.queries == oracle.queries == res.extras["init_queries"] + 33 * int(iters.sum())
+    assert len(res.losses) == int(iters.max())
+
+
+# -- the official loop, on scripted oracles -------------------------------------------------------
+def test_sphere_points_lie_at_radius_uniformly():
+    z = torch.randn(3, 100, generator=_rng(0))
+    radius = torch.tensor([0.5, 2.0, 7.0])
+    points, offsets = _sphere(z, radius, 4096, _rng(1))
+    dist = (points - z[:, None, :]).norm(dim=2)
+    torch.testing.assert_close(dist, radius[:, None].expand(3, 4096), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(points - z[:, None, :], offsets)
+    unit_mean = (offsets / radius[:, None, None]).mean(dim=1).norm(dim=1)
+    assert (unit_mean < 0.05).all()
+
+
+def test_iteration_matches_hand_formula():
+    z = torch.tensor([[0.3] * 8, [-0.2] * 8])
+    y = torch.tensor([1, 1])
+    radius = torch.tensor([2.0, 12.0])
+    inside = torch.ones(2, 32, dtype=torch.bool)
+    inside[0, ::4] = False  # 24/32 inside: sum of scores 16, no growth
+    inside[1, 0] = False  # 31/32 inside: sum 30 > 0.75 * 32, radius grows
+    oracle = ScriptedOracle(lambda n: inside.flatten().long(), _all(1))
+    z_new, r_new, grew, accepted, outside = _iteration(
+        oracle,
+        tiny_generator(),
+        z,
+        y,
+        radius,
+        sphere_points=32,
+        expansion=1.3,
+        point_clamp=1.5,
+        repulsion_only=True,
+        rng=_rng(5),
+    )
+    assert oracle.batch_sizes == [64, 2]  # N sphere points + 1 acceptance check per entry
+    gauss = torch.randn(2, 32, 8, generator=_rng(5))
+    offsets = gauss * (radius[:, None, None] / gauss.norm(dim=2, keepdim=True))
+    score = inside.float() * 2 - 1
+    r_expected = torch.tensor([2.0, 15.6])
+    direction = (((score - 1) / 2)[:, :, None] * offsets).mean(dim=1) / r_expected[:, None]
+    step = torch.tensor([2.0 / 3.0, 3.0])  # min(R / 3, 3) with the radius before growth
+    expected = (z + step[:, None] * direction).clamp(-1.5, 1.5)
+    torch.testing.assert_close(z_new, expected)
+    torch.testing.assert_close(r_new, r_expected)
+    assert grew.tolist() == [False, True] and accepted.tolist() == [True, True]
+    torch.testing.assert_close(outside, torch.tensor([0.25, 1 / 32]))
+
+
+def test_rejected_step_keeps_point():
+    z = torch.tensor([[0.3] * 8, [-0.2] * 8])
+    y, radius = torch.tensor([1, 1]), torch.tensor([2.0, 2.0])
+    kw = {"sphere_points": 32, "expansion": 1.3, "point_clamp": 1.5, "repulsion_only": True}
+    # all sphere points inside (radius grows); candidate 0 leaves the class, candidate 1 stays
+    oracle = ScriptedOracle(_all(1), lambda n: torch.tensor([0, 1]))
+    z_new, r_new, grew, accepted, _ = _iteration(
+        oracle, tiny_generator(), z, y, radius, rng=_rng(0), **kw
+    )
+    assert accepted.tolist() == [False, True] and grew.tolist() == [True, True]
+    assert torch.equal(z_new[0], z[0])
+    torch.testing.assert_close(r_new, torch.tensor([2.6, 2.6]))
+    # with every sphere point outside, repulsion does move an accepted point
+    z_moved, *_ = _iteration(
+        ScriptedOracle(_all(0), _all(1)), tiny_generator(), z, y, radius, rng=_rng(0), **kw
+    )
+    assert not torch.equal(z_moved, z)
+
+
+def test_radius_grows_on_target_that_accepts_everything():
+    oracle = TargetOracle(ConstantTarget(label=1), access="label")
+    res = brep_mi_attack(
+        oracle, torch.tensor([1, 1, 1]), generator=tiny_generator(), max_iters=2, rng=_rng(0)
+    )
+    torch.testing.assert_close(res.extras["radius"], torch.full((3,), 3.38))
+    assert res.extras["iterations"].tolist() == [2, 2, 2]
+    assert res.queries == 256 + 2 * 33 * 3 and res.extras["init_queries"] == 256
+    # the first three draws of the first batch become the (distinct) start points
+    first = torch.randn(256, 8, generator=_rng(0)).clamp(-1.5, 1.5)[:3]
+    torch.testing.assert_close(res.extras["start_latents"], first)
+    # nothing is outside, so repulsion never moves the point: every snapshot is the start point
+    torch.testing.assert_close(res.latents, first)
+    assert res.losses == [0.0, 0.0]
+    one = brep_mi_attack(
+        TargetOracle(ConstantTarget(label=1), access="label"),
+        torch.tensor([1]),
+        generator=tiny_generator(),
+        max_iters=1,
+        rng=_rng(0),
+    )
+    torch.testing.assert_close(one.extras["radius"], torch.tensor([2.6]))
+
+
+def test_stops_after_stale_iterations(digits_target, digits_generator):
+    oracle = TargetOracle(digits_target, access="label")
+    res = brep_mi_attack(
+        oracle,
+        torch.tensor([0, 1, 2, 3]),
+        generator=digits_generator,
+        initial_radius=1.0,
+        max_stale_iters=3,
+        rng=_rng(1),
+    )
+    grew = res.extras["radius"] > 1.0
+    assert grew.tolist() == [True, False, True, False]
+    iters = res.extras["iterations"]
+    assert (iters[~grew] == 3).all() and (iters[grew] > 3).all()
+    # an entry whose radius never grew returns its start point, the others a moved snapshot
+    same_as_start = (res.latents == res.extras["start_latents"]).all(dim=1)
+    assert same_as_start.tolist() == (~grew).tolist()
+    assert not (res.latents == res.extras["last_latents"]).all(dim=1).any()
+
+
+def test_output_is_snapshot_at_last_radius_increase(digits_target, digits_generator):
+    def run(max_iters):
+        return brep_mi_attack(
+            TargetOracle(digits_target, access="label"),
+            torch.tensor([0]),
+            generator=digits_generator,
+            initial_radius=1.0,
+            max_stale_iters=3,
+            max_iters=max_iters,
+            rng=_rng(0),
+        )
+
+    full = run(None)
+    assert full.extras["radius"].item() == pytest.approx(1.3**4)
+    last_growth = int(full.extras["iterations"]) - 3  # then 3 stale iterations
+    upto = run(last_growth)  # same draws, stopped right at the last radius increase
+    assert torch.equal(full.latents, upto.extras["last_latents"])
+    assert torch.equal(full.latents, upto.latents)
+    assert not torch.equal(full.latents, full.extras["last_latents"])
+
+
+# -- threat model ---------------------------------------------------------------------------------
+def test_label_only_oracle_gives_no_gradient_path():
+    target = ConstantTarget(label=1)
+    oracle = TargetOracle(target, access="label")
+    res = brep_mi_attack(
+        oracle, torch.tensor([1]), generator=tiny_generator(), max_iters=3, rng=_rng(0)
+    )
+    assert target.calls and all(call == (False, False) for call in target.calls)
+    assert all(p.grad is None for p in target.parameters())
+    assert not res.images.requires_grad and not res.latents.requires_grad
+
+
+def test_probability_oracle_gives_same_result_as_label_oracle(digits_target, digits_generator):
+    runs = [
+        brep_mi_attack(
+            TargetOracle(digits_target, access=access),
+            torch.tensor([0, 3]),
+            generator=digits_generator,
+            max_iters=4,
+            rng=_rng(0),
+        )
+        for access in ("label", "probabilities", "top-k")
+    ]
+    for other in runs[1:]:
+        assert torch.equal(runs[0].images, other.images)
+        assert runs[0].queries == other.queries
+
+
+def test_budget_too_small_raises():
+    budget = 256 + 3 * 33
+    res = brep_mi_attack(
+        TargetOracle(ConstantTarget(), access="label", budget=budget),
+        torch.tensor([1]),
+        generator=tiny_generator(),
+        max_iters=3,
+        rng=_rng(0),
+    )
+    assert res.queries == budget
+    oracle = TargetOracle(ConstantTarget(), access="label", budget=budget - 1)
+    with pytest.raises(QueryBudgetExceeded, match="budget"):
+        brep_mi_attack(
+            oracle, torch.tensor([1]), generator=tiny_generator(), max_iters=3, rng=_rng(0)
+        )
+
+
+def test_frozen_networks_unchanged(buffer_hash):
+    gen = tiny_generator().train()
+    target = tiny_classifier()  # random weights: predicts class 3 on this generator
+    before = buffer_hash(gen, target)
+    brep_mi_attack(
+        TargetOracle(target, access="label"),
+        torch.tensor([3]),
+        generator=gen,
+        max_iters=3,
+        rng=_rng(0),
+    )
+    assert buffer_hash(gen, target) == before
+    assert gen.training  # the caller's mode is restored
+    assert all(p.grad is None for p in gen.parameters())
+
+
+# -- determinism and errors -----------------------------------------------------------------------
+def test_same_rng_same_images_different_rng_different(digits_target, digits_generator):
+    def run(seed: int):
+        return brep_mi_attack(
+            TargetOracle(digits_target, access="label"),
+            torch.tensor([0, 2]),
+            generator=digits_generator,
+            max_iters=4,
+            rng=_rng(seed),
+        )
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_missing_start_point_names_the_labels():
+    oracle = TargetOracle(ConstantTarget(label=1, num_classes=3), access="label")
+    with pytest.raises(ValueError, match=r"labels \[0, 2\]"):
+        brep_mi_attack(
+            oracle,
+            torch.tensor([0, 1, 2, 0]),
+            generator=tiny_generator(),
+            max_init_batches=2,
+            rng=_rng(0),
+        )
+    assert oracle.queries == 2 * 256
+
+
+def test_bad_arguments_raise():
+    oracle = TargetOracle(ConstantTarget(), access="label")
+    with pytest.raises(ValueError, match="labels"):
+        brep_mi_attack(oracle, torch.tensor([2]), generator=tiny_generator())
+    with pytest.raises(ValueError, match="expansion"):
+        brep_mi_attack(oracle, torch.tensor([1]), generator=tiny_generator(), expansion=1.0)
+    assert oracle.queries == 0
+
+
+def test_missing_start_random_marks_and_skips_unreachable_labels():
+    from mibench_lib.oracle import TargetOracle
+    from mibench_lib.testing import tiny_generator
+
+    class AlwaysZero(torch.nn.Module):
+        num_classes, input_shape = 3, (1, 8, 8)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.tensor([5.0, 0.0, 0.0]).expand(x.shape[0], 3) + 0 * self.w
+
+    oracle = TargetOracle(AlwaysZero(), access="label")
+    labels = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"labels \[2\]"):
+        brep_mi_attack(
+            oracle,
+            labels,
+            generator=tiny_generator(),
+            init_batch=8,
+            max_init_batches=2,
+            max_iters=3,
+        )
+    oracle = TargetOracle(AlwaysZero(), access="label")
+    res = brep_mi_attack(
+        oracle,
+        labels,
+        generator=tiny_generator(),
+        init_batch=8,
+        max_init_batches=2,
+        max_iters=3,
+        missing_start="random",
+        rng=torch.Generator().manual_seed(0),
+    )
+    assert res.extras["found_start"].tolist() == [True, False]
+    assert res.extras["iterations"].tolist() == [3, 0]
+    assert res.queries == 2 * 8 + 3 * 33  # both start-point batches, then 3 iterations of label 0

@@ -1,0 +1,257 @@
+"""GMI: the official objective and optimiser, restarts and selection, the white-box threat model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mibench_lib.attacks import gmi_attack
+from mibench_lib.models.base import Classifier
+from mibench_lib.oracle import AccessDenied, TargetOracle
+from mibench_lib.testing import tiny_classifier, tiny_discriminator, tiny_generator
+
+
+class LinearTarget(Classifier):
+    """Random linear model on raw pixels: each class column ranks images differently."""
+
+    def __init__(self, num_classes: int = 50, seed: int = 0) -> None:
+        super().__init__(num_classes, 64, (1, 8, 8))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(num_classes, 64, generator=g))
+            self.head.bias.zero_()
+
+    def features(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+def _rng(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- the feature: raises target confidence over random latents ------------------------------------
+def test_beats_random_latents(digits_target, digits_generator, label_prob):
+    labels = torch.tensor([0, 1, 2, 3, 0, 3])
+    res = gmi_attack(
+        TargetOracle(digits_target),
+        labels,
+        generator=digits_generator,
+        discriminator=tiny_discriminator(),
+        steps=30,
+        restarts=2,
+        rng=_rng(0),
+    )
+    with torch.no_grad():
+        random_images = digits_generator(torch.randn(6, 8, generator=_rng(1)).clamp(-1, 1))
+    p_attack = label_prob(digits_target, res.images, labels)
+    p_random = label_prob(digits_target, random_images, labels)
+    assert (p_attack > 0.9).all()
+    assert p_attack.mean() > p_random.mean() + 0.3
+    torch.testing.assert_close(res.extras["target_prob"], p_attack)
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_matches_handwritten_nesterov_of_official_code(digits_target, digits_generator):
+    disc, labels, lr, m = tiny_discriminator(), torch.tensor([0, 2]), 0.02, 0.9
+    res = gmi_attack(
+        TargetOracle(digits_target),
+        labels,
+        generator=digits_generator,
+        discriminator=disc,
+        steps=6,
+        restarts=1,
+        lr=lr,
+        rng=_rng(3),
+    )
+    # the official loop: mean losses over a batch of 100 identities, v <- m v - lr g,
+    # z <- z - m v_prev + (1 + m) v, then clamp to [-1, 1]
+    z = torch.randn(2, 8, generator=_rng(3))
+    v = torch.zeros_like(z)
+    for _ in range(6):
+        z.requires_grad_(True)
+        images = digits_generator(z)
+        per_latent = -disc(images) + 100 * F.cross_entropy(
+            digits_target(images), labels, reduction="none"
+        )
+        (grad,) = torch.autograd.grad(per_latent.sum() / 100, z)
+        v_prev, v = v, m * v - lr * grad
+        z = (z.detach() - m * v_prev + (1 + m) * v).clamp(-1, 1)
+    torch.testing.assert_close(res.latents, z, rtol=1e-5, atol=1e-6)
+
+
+def test_prior_step_raises_critic_score(digits_generator, digits_target):
+    # one descent step on the prior term alone must raise D(G(z)): catches a flipped sign
+    disc = tiny_discriminator()
+    labels = torch.tensor([0, 1, 2, 3])
+    res = gmi_attack(
+        TargetOracle(digits_target),
+        labels,
+        generator=digits_generator,
+        discriminator=disc,
+        steps=1,
+        lr=1.0,
+        lambda_iden=0.0,
+        clip=10.0,
+        restarts=1,
+        rng=_rng(0),
+    )
+    with torch.no_grad():
+        before = disc(digits_generator(torch.randn(4, 8, generator=_rng(0))))
+        after = disc(res.images)
+    assert (after > before).all()
+    assert res.losses == pytest.approx([-float(before.mean())], rel=1e-5)
+
+
+# -- restarts and selection -----------------------------------------------------------------------
+def test_select_best_keeps_restart_with_highest_label_logit():
+    target = LinearTarget(num_classes=50)
+    labels = torch.arange(40, 50)  # labels differ from row indices
+    kw = {
+        "generator": tiny_generator(),
+        "discriminator": tiny_discriminator(),
+        "steps": 3,
+        "restarts": 5,
+    }
+    every = gmi_attack(TargetOracle(target), labels, select="all", rng=_rng(0), **kw)
+    best = gmi_attack(TargetOracle(target), labels, select="best", rng=_rng(0), **kw)
+    with torch.no_grad():
+        logits = target(every.images).view(5, 10, 50)  # restart-major
+    by_label = logits.gather(2, labels.expand(5, 10)[:, :, None]).squeeze(2).argmax(dim=0)
+    by_row = logits[:, torch.arange(10), torch.arange(10)].argmax(dim=0)
+    assert not torch.equal(by_label, by_row)  # reading score[i, i] would pick other restarts
+    assert torch.equal(every.extras["selected"].view(5, 10).float().argmax(0), by_label)
+    assert every.extras["selected"].view(5, 10).sum(0).tolist() == [1] * 10
+    assert torch.equal(best.images, every.images.view(5, 10, 1, 8, 8)[by_label, torch.arange(10)])
+    assert torch.equal(best.extras["restart"], by_label)
+    assert best.labels.tolist() == labels.tolist()
+
+
+def test_select_all_shapes_and_labels():
+    res = gmi_attack(
+        TargetOracle(tiny_classifier()),
+        torch.tensor([2, 0, 2]),
+        generator=tiny_generator(),
+        discriminator=tiny_discriminator(),
+        steps=2,
+        restarts=3,
+        select="all",
+        rng=_rng(0),
+    )
+    assert res.images.shape == (9, 1, 8, 8) and res.latents.shape == (9, 8)
+    assert res.labels.tolist() == [2, 0, 2] * 3
+    assert res.extras["restart"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert res.extras["selected"].dtype == torch.bool and int(res.extras["selected"].sum()) == 3
+
+
+def test_shapes_range_and_exact_queries():
+    oracle = TargetOracle(tiny_classifier())
+    res = gmi_attack(
+        oracle,
+        torch.tensor([1, 3]),
+        generator=tiny_generator(),
+        discriminator=tiny_discriminator(),
+        steps=4,
+        restarts=3,
+        rng=_rng(0),
+    )
+    assert res.attack == "gmi"
+    assert res.images.shape == (2, 1, 8, 8) and res.images.device.type == "cpu"
+    assert 0.0 <= float(res.images.min()) <= float(res.images.max()) <= 1.0
+    assert res.latents.shape == (2, 8) and len(res.losses) == 4
+    assert res.queries == oracle.queries == (4 + 1) * 2 * 3  # steps, then the selection pass
+    assert res.extras["target_prob"].shape == (2,)
+
+
+def test_latents_stay_clamped_after_huge_lr():
+    res = gmi_attack(
+        TargetOracle(tiny_classifier()),
+        torch.tensor([0, 1]),
+        generator=tiny_generator(),
+        discriminator=tiny_discriminator(),
+        steps=2,
+        lr=1e6,
+        clip=0.5,
+        restarts=2,
+        select="all",
+        rng=_rng(0),
+    )
+    assert float(res.latents.abs().max()) == 0.5
+
+
+# -- threat model, frozen networks, determinism, errors ------------------------------------------
+@pytest.mark.parametrize("access", ["logits", "probabilities", "label"])
+def test_refuses_non_white_box_oracle(access):
+    oracle = TargetOracle(tiny_classifier(), access=access)
+    with pytest.raises(AccessDenied, match=f"white-box.*{access}"):
+        gmi_attack(
+            oracle,
+            torch.tensor([0]),
+            generator=tiny_generator(),
+            discriminator=tiny_discriminator(),
+            steps=1,
+        )
+    assert oracle.queries == 0
+
+
+def test_frozen_networks_unchanged(buffer_hash):
+    gen, disc, target = tiny_generator().train(), tiny_discriminator().train(), tiny_classifier()
+    oracle = TargetOracle(target)
+    target.train()  # the attack must still run it in eval mode
+    before = buffer_hash(gen, disc, target)
+    gmi_attack(
+        oracle,
+        torch.tensor([0, 1]),
+        generator=gen,
+        discriminator=disc,
+        steps=3,
+        restarts=2,
+        rng=_rng(0),
+    )
+    assert buffer_hash(gen, disc, target) == before
+    assert gen.training and disc.training and target.training  # caller's modes restored
+    nets: list[nn.Module] = [gen, disc, target]
+    assert all(p.grad is None for net in nets for p in net.parameters())
+
+
+def test_same_rng_same_images_different_rng_different():
+    def run(seed: int):
+        return gmi_attack(
+            TargetOracle(tiny_classifier()),
+            torch.tensor([0, 3]),
+            generator=tiny_generator(),
+            discriminator=tiny_discriminator(),
+            steps=3,
+            restarts=2,
+            rng=_rng(seed),
+        )
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a.images, b.images) and a.losses == b.losses
+    assert not torch.equal(a.images, c.images)
+
+
+def test_bad_arguments_raise():
+    oracle = TargetOracle(tiny_classifier())
+    kw = {"generator": tiny_generator(), "discriminator": tiny_discriminator(), "steps": 1}
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), got \[7\]"):
+        gmi_attack(oracle, torch.tensor([7]), **kw)
+    with pytest.raises(ValueError, match="select"):
+        gmi_attack(oracle, torch.tensor([0]), select="top", **kw)
+    with pytest.raises(ValueError, match="momentum"):
+        gmi_attack(oracle, torch.tensor([0]), momentum=0.0, **kw)
+
+    class VectorCritic(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x.flatten(1)[:, :1]  # (N, 1) instead of (N,)
+
+    with pytest.raises(ValueError, match=r"one score per image.*\(1, 1\)"):
+        gmi_attack(
+            oracle,
+            torch.tensor([0]),
+            generator=tiny_generator(),
+            discriminator=VectorCritic(),
+            steps=1,
+            restarts=1,
+        )

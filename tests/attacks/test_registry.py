@@ -1,0 +1,54 @@
+"""The attack registry and the contract every attack shares."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, ATTACKS, InversionResult
+from mibench_lib.oracle import ACCESS_LEVELS, TargetOracle
+from mibench_lib.testing import tiny_classifier, tiny_discriminator, tiny_generator
+
+
+def test_registries_agree():
+    assert set(ATTACKS) == set(ATTACK_ACCESS) == set(ATTACK_NEEDS) == {"gmi", "brep_mi", "miface"}
+    assert set(ATTACK_ACCESS.values()) <= set(ACCESS_LEVELS)
+    assert ATTACK_ACCESS == {"gmi": "white-box", "brep_mi": "label", "miface": "white-box"}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_signature_is_uniform(name):
+    params = inspect.signature(ATTACKS[name]).parameters
+    assert list(params)[:2] == ["oracle", "labels"]
+    keyword_only = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert {"rng", "on_step", *ATTACK_NEEDS[name]} <= keyword_only
+    assert all(params[p].default is inspect.Parameter.empty for p in ATTACK_NEEDS[name])
+    assert ATTACKS[name].__module__.endswith(name) and ATTACKS[name].__doc__
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_runs_at_its_weakest_access_and_reports_progress(name):
+    target = tiny_classifier()  # random weights: predicts class 3 on the tiny generator
+    oracle = TargetOracle(target, access=ATTACK_ACCESS[name])
+    networks = {"generator": tiny_generator(), "discriminator": tiny_discriminator()}
+    short = {
+        "gmi": {"steps": 10, "restarts": 1},
+        "brep_mi": {"max_iters": 10},
+        "miface": {"max_iter": 10, "window": 20},
+    }[name]
+    calls = []
+    res = ATTACKS[name](
+        oracle,
+        torch.tensor([3, 3]),
+        rng=torch.Generator().manual_seed(0),
+        on_step=lambda step, total, info: calls.append((step, total, info)),
+        **{k: networks[k] for k in ATTACK_NEEDS[name]},
+        **short,
+    )
+    assert isinstance(res, InversionResult) and res.attack == name
+    assert res.queries == oracle.queries > 0 and res.wall_time_s >= 0
+    assert res.images.shape == (2, 1, 8, 8) and res.labels.tolist() == [3, 3]
+    assert calls and calls[0][0] == 10 and all(isinstance(c[2], dict) for c in calls)
+    assert all(isinstance(v, float) for c in calls for v in c[2].values())

@@ -1,0 +1,18 @@
+"""Shared test set-up: seeded, single-process torch, figures closed after each test."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_close_figures():
+    torch.manual_seed(0)
+    yield
+    plt.close("all")

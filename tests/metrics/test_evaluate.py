@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from mibench_lib.data._types import ImageSet
+from mibench_lib.metrics import (
+    MetricUnavailable,
+    attack_accuracy,
+    class_mean_prdc,
+    evaluate_reconstructions,
+    frechet_distance,
+    knn_distance,
+    target_accuracy,
+)
+
+KEYS = ["acc1", "acc5", "delta_eval", "fid", "precision", "recall", "density", "coverage"]
+
+
+@pytest.fixture
+def setting(flat_classifier):
+    """2-D points as (N, 2, 1, 1) images. Private classes 0-2 are attacked; class 3 is not, and
+    sits far away (near 1) so that including it would move FID."""
+    private_points = torch.cat([torch.rand(15, 2) * 0.5, 0.9 + torch.rand(5, 2) * 0.1])
+    private_labels = torch.cat([torch.arange(3).repeat(5), torch.full((5,), 3)])
+    fake_points = torch.rand(12, 2) * 0.6
+    fake_labels = torch.arange(3).repeat(4)
+    return {
+        "private": ImageSet(private_points[:, :, None, None], private_labels),
+        "private_points": private_points,
+        "private_labels": private_labels,
+        "fake_points": fake_points,
+        "images": fake_points[:, :, None, None],
+        "labels": fake_labels,
+        "evaluator": flat_classifier(6, (2, 1, 1)),
+        "label_map": torch.tensor([5, 4, 3, 2]),
+    }
+
+
+def test_each_value_equals_its_metric_on_the_attacked_classes(setting, flat_classifier):
+    s = setting
+
+    class Doubled(flat_classifier):
+        def features(self, x: Tensor) -> Tensor:
+            return 2 * x.flatten(1)
+
+    target = flat_classifier(4, (2, 1, 1))
+    out = evaluate_reconstructions(
+        s["images"],
+        s["labels"],
+        evaluator=s["evaluator"],
+        private_train=s["private"],
+        label_map=s["label_map"],
+        target=target,
+        face_model=Doubled(3, (2, 1, 1)),
+        batch_size=5,
+    )
+    assert list(out) == [*KEYS[:3], "delta_face", *KEYS[3:], "target_acc", "fid_features"]
+    keep = s["private_labels"] < 3
+    real, real_labels = s["private_points"][keep], s["private_labels"][keep]
+    fake, labels = s["fake_points"], s["labels"]
+    expected = {
+        "acc1": attack_accuracy(s["evaluator"], s["images"], labels, label_map=s["label_map"]),
+        "acc5": attack_accuracy(
+            s["evaluator"], s["images"], labels, top_k=5, label_map=s["label_map"]
+        ),
+        "delta_eval": float(knn_distance(fake, labels, real, real_labels).mean()),
+        "fid": frechet_distance(real, fake),
+        **class_mean_prdc(real, real_labels, fake, labels, k=3),
+        "target_acc": target_accuracy(target, s["images"], labels),
+    }
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value, rel=1e-5), key
+    # features doubled -> squared distances times 4
+    assert out["delta_face"] == pytest.approx(4 * out["delta_eval"], rel=1e-5)
+    assert out["fid_features"] == "evaluator"
+    assert out["fid"] != pytest.approx(frechet_distance(s["private_points"], fake), rel=1e-2)
+
+
+def test_optional_keys_are_absent_without_their_models(setting):
+    s = setting
+    out = evaluate_reconstructions(
+        s["images"], s["labels"], evaluator=s["evaluator"], private_train=s["private"]
+    )
+    assert list(out) == [*KEYS, "fid_features"]
+    assert all(math.isfinite(out[key]) for key in KEYS)
+
+
+def test_strict_raises_and_non_strict_records_nan_with_reason(setting, flat_classifier):
+    s = setting
+    four_class = flat_classifier(4, (2, 1, 1))
+    with pytest.raises(MetricUnavailable, match="Acc@5 needs an evaluator with >= 5 classes"):
+        evaluate_reconstructions(
+            s["images"], s["labels"], evaluator=four_class, private_train=s["private"]
+        )
+    out = evaluate_reconstructions(
+        s["images"], s["labels"], evaluator=four_class, private_train=s["private"], strict=False
+    )
+    assert math.isnan(out["acc5"]) and list(out["unavailable"]) == ["acc5"]
+    assert all(math.isfinite(out[key]) for key in KEYS if key != "acc5")
+
+
+def test_missing_inception_weights_make_fid_and_prdc_unavailable(setting, tmp_path):
+    s = setting
+    out = evaluate_reconstructions(
+        s["images"],
+        s["labels"],
+        evaluator=s["evaluator"],
+        private_train=s["private"],
+        inception_weights=tmp_path / "missing.pth",
+        strict=False,
+    )
+    assert out["fid_features"] == "inception"
+    assert sorted(out["unavailable"]) == sorted(
+        ["fid", "precision", "recall", "density", "coverage"]
+    )
+    assert all("weights file not found" in reason for reason in out["unavailable"].values())
+    assert all(math.isnan(out[key]) for key in out["unavailable"])
+    assert math.isfinite(out["delta_eval"])
+
+
+def test_too_few_reconstructions_per_class_for_prdc(setting):
+    s = setting  # 3 reconstructions per class: fewer than k + 1 = 4
+    out = evaluate_reconstructions(
+        s["images"][:9],
+        s["labels"][:9],
+        evaluator=s["evaluator"],
+        private_train=s["private"],
+        strict=False,
+    )
+    assert sorted(out["unavailable"]) == ["coverage", "density", "precision", "recall"]
+    assert "for class 0, fake features has 3" in out["unavailable"]["precision"]
+    assert math.isfinite(out["fid"])
+
+
+def test_attacked_class_absent_from_private_data(setting):
+    s = setting
+    labels = s["labels"].clone()
+    labels[:4] = 5  # no private image of class 5
+    out = evaluate_reconstructions(
+        s["images"], labels, evaluator=s["evaluator"], private_train=s["private"], strict=False
+    )
+    assert "class 5 has no reference" in out["unavailable"]["delta_eval"]
+
+
+def test_bad_labels_raise_value_error(setting):
+    s = setting
+    with pytest.raises(ValueError, match=r"labels must be int64 of shape \(12,\)"):
+        evaluate_reconstructions(
+            s["images"], s["labels"].float(), evaluator=s["evaluator"], private_train=s["private"]
+        )
+    with pytest.raises(ValueError, match="private class ids >= 0, got -1"):
+        evaluate_reconstructions(
+            s["images"], s["labels"] - 1, evaluator=s["evaluator"], private_train=s["private"]
+        )

@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from mibench_lib.artifacts import (
+    cached_classifier,
+    cached_gan,
+    cached_target_checkpoints,
+    load_face_extractor,
+)
+from mibench_lib.cache import ArtifactCache
+from mibench_lib.data import load_dataset
+from mibench_lib.models.train import accuracy
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_dataset("digits", resolution=16)
+
+
+TRAIN = {"epochs": 1, "batch_size": 64, "lr": 0.002, "eval_every": 2}
+
+
+def test_target_checkpoints_cached_and_reused(tmp_path, split):
+    cache = ArtifactCache(tmp_path)
+    a = cached_target_checkpoints(
+        cache,
+        split,
+        arch="mnist_cnn",
+        train_cfg=TRAIN,
+        thresholds=[0.5, 0.8],
+        seed=0,
+        progress=False,
+    )
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    b = cached_target_checkpoints(
+        cache,
+        split,
+        arch="mnist_cnn",
+        train_cfg=TRAIN,
+        thresholds=[0.8, 0.5],
+        seed=0,
+        progress=False,
+    )
+    assert sorted(tmp_path.rglob("*.safetensors")) == files and len(files) == 1
+    assert [c.threshold for c in a] == [0.5, 0.8]
+    for ca, cb in zip(a, b):
+        assert ca.test_acc == cb.test_acc >= ca.threshold
+        assert accuracy(cb.model, split.private_test) == pytest.approx(cb.test_acc)
+        for x, y in zip(ca.model.state_dict().values(), cb.model.state_dict().values()):
+            assert torch.equal(x, y)
+    cached_target_checkpoints(
+        cache,
+        split,
+        arch="mnist_cnn",
+        train_cfg=TRAIN,
+        thresholds=[0.5, 0.8],
+        seed=1,
+        progress=False,
+    )
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2  # another seed is another artifact
+
+
+def test_unreachable_thresholds_raise(tmp_path, split):
+    with pytest.raises(RuntimeError, match="reached none of the thresholds"):
+        cached_target_checkpoints(
+            ArtifactCache(tmp_path),
+            split,
+            arch="mnist_cnn",
+            train_cfg={"epochs": 1, "lr": 1e-9},
+            thresholds=[1.0],
+            seed=0,
+            progress=False,
+        )
+
+
+def test_unknown_training_key_is_named(tmp_path, split):
+    with pytest.raises(ValueError, match="epochz"):
+        cached_classifier(
+            ArtifactCache(tmp_path),
+            role="evaluator",
+            arch="mnist_eval",
+            train=split.evaluator_train,
+            test=split.evaluator_test,
+            num_classes=10,
+            train_cfg={"epochz": 1},
+            seed=0,
+        )
+    with pytest.raises(ValueError, match="unknown model architecture 'vgg'"):
+        cached_classifier(
+            ArtifactCache(tmp_path),
+            role="evaluator",
+            arch="vgg",
+            train=split.evaluator_train,
+            test=split.evaluator_test,
+            num_classes=10,
+            train_cfg={},
+            seed=0,
+        )
+
+
+def test_gan_and_face_extractor(tmp_path, split):
+    cache = ArtifactCache(tmp_path)
+    gan = cached_gan(
+        cache,
+        split.public,
+        latent_dim=8,
+        width=8,
+        critic_width=8,
+        train_cfg={"epochs": 1},
+        progress=False,
+    )
+    again = cached_gan(
+        cache,
+        split.public,
+        latent_dim=8,
+        width=8,
+        critic_width=8,
+        train_cfg={"epochs": 1},
+        progress=False,
+    )
+    assert not gan.cache_hit and again.cache_hit
+    assert not any(p.requires_grad for p in again.generator.parameters())
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(gan.generator(z), again.generator(z))
+    face = load_face_extractor(cache, split, arch="mnist_resnet", train_cfg={"epochs": 1}, seed=1)
+    assert face.model.num_classes == 10 and 0 < face.test_acc <= 1
