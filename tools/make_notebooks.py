@@ -92,7 +92,6 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from mibench_lib import plots
 from mibench_lib.artifacts import (
@@ -107,6 +106,7 @@ from mibench_lib.cache import ArtifactCache
 from mibench_lib.data import load_dataset
 from mibench_lib.metrics import evaluate_reconstructions
 from mibench_lib.oracle import TargetOracle
+from mibench_lib.progress import tqdm
 from mibench_lib.seeding import resolve_device, seed_everything
 from mibench_lib.studies.records import append_rows, completed_keys, mean_std_table, save_figure, save_table
 
@@ -265,6 +265,8 @@ Pick an attack, a checkpoint and a seed to see every reconstruction of that run.
     code("""
 import ipywidgets as widgets
 
+from mibench_lib.progress import headless
+
 def show(attack, threshold, seed):
     f = out / "reconstructions" / f"{attack}_t{threshold:g}_s{seed}.safetensors"
     if not f.exists():
@@ -275,7 +277,11 @@ def show(attack, threshold, seed):
                           title=f"{attack}: labels {rec['labels'].tolist()}")
     plt.show()
 
-widgets.interact(show, attack=names, threshold=sorted(df["threshold"].unique().tolist()), seed=list(seeds));
+if headless():
+    print("Headless run: open this notebook in JupyterLab to browse the reconstructions.")
+else:
+    widgets.interact(show, attack=names, threshold=sorted(df["threshold"].unique().tolist()),
+                     seed=list(seeds))
 """),
 ]
 

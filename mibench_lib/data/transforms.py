@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mibench_lib.data._types import DatasetNotFoundError
+from mibench_lib.progress import tqdm
 
 #: File suffixes (lower case) that count as images when scanning folders.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

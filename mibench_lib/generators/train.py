@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from mibench_lib.data._types import ImageSet
 from mibench_lib.models.train import batch_loader
+from mibench_lib.progress import tqdm
 
 
 def gradient_penalty(

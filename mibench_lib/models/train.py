@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
-from tqdm.auto import tqdm
 
 from mibench_lib.data._types import ImageSet
+from mibench_lib.progress import tqdm
 
 
 class LossFn(Protocol):

@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mibench_lib.progress import HEADLESS_ENV
 from mibench_lib.studies.params import (
     ParameterError,
     display_path,
@@ -416,6 +417,8 @@ def _run_config(
     # Parameters were checked above, more strictly than papermill does; its warnings about lines
     # its pattern cannot read ("unknown parameter") would only be false alarms here.
     papermill_log.setLevel(logging.ERROR)
+    previous_headless = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"  # inherited by the kernel: text progress bars, no widgets
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -439,6 +442,10 @@ def _run_config(
         ) from err
     finally:
         papermill_log.setLevel(level)
+        if previous_headless is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous_headless
         wall = time.perf_counter() - start
         env.update(finished=_now(), wall_s=round(wall, 3), status=status)
         _write_json(out / "environment.json", env)
