@@ -134,6 +134,7 @@ def train_classifier(
     loss_fn: LossFn = cross_entropy_loss,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     prepare: PrepareFn | None = None,
+    defense: Any | None = None,
     eval_every: int | None = None,
     checkpoint_thresholds: Sequence[float] = (),
     device: torch.device | str = "cpu",
@@ -151,6 +152,9 @@ def train_classifier(
         loss_fn: Training loss hook (default: cross-entropy). See module docstring.
         wrap_model: Applied once to the model before training (the wrapped model is returned).
         prepare: Applied to (model, optimizer, loader) before training, e.g. DP-SGD.
+        defense: A :class:`mibench_lib.defenses.Defense`; its ``build``, ``loss`` and ``prepare``
+            hooks are applied (and must not be combined with the explicit hooks above), and its
+            ``after_training`` numbers land in ``TrainReport.extra``.
         eval_every: Evaluate test accuracy every this many steps (and at each epoch end); needed
             for fine-grained threshold checkpoints. ``None``: only at epoch ends.
         checkpoint_thresholds: Save a copy of the weights the first time test accuracy is >= each
@@ -174,17 +178,21 @@ def train_classifier(
             f"checkpoint_thresholds must lie in (0, 1], got {list(checkpoint_thresholds)}"
         )
     device = torch.device(device)
+    if defense is not None:
+        if loss_fn is not cross_entropy_loss or prepare is not None:
+            raise ValueError("pass either a defense or explicit loss_fn/prepare hooks, not both")
+        if defense.build is not None:
+            model = defense.build(model)
+        loss_fn = defense.loss or cross_entropy_loss
+        prepare = defense.prepare
     model = model.to(device)
     if wrap_model is not None:
         model = wrap_model(model).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay untouched
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(
-            model.parameters(), lr=lr, weight_decay=weight_decay
-        )
+        opt: torch.optim.Optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
+        opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     loader = batch_loader(train, batch_size=batch_size, rng=rng)
@@ -230,6 +238,8 @@ def train_classifier(
         report.acc_history[-1][1] if report.acc_history else accuracy(model, test, device=device)
     )
     report.train_acc = accuracy(model, train, device=device)
+    if defense is not None and defense.after_training is not None:
+        report.extra.update(defense.after_training(model, test, device))
     return model, report
 
 
