@@ -354,3 +354,150 @@ def load_face_extractor(
         progress=progress,
     )
     return FeatureExtractor(arch, trained.model, trained.test_acc, "trained second evaluator")
+
+
+def public_labelled(split: MISplit) -> ImageSet:
+    """The public images with their (evaluator-space) labels, relabelled 0..P-1.
+
+    Defenders may use labelled public data (TL-DMI pre-trains on it); attackers never see these
+    labels. Built from the evaluator's data: every image whose class is not a private class.
+
+    Raises:
+        ValueError: the split has no labelled public classes (e.g. CelebA, whose evaluator knows
+            only the private identities).
+    """
+    pool = ImageSet.concat(split.evaluator_train, split.evaluator_test)
+    private = set(split.private_to_evaluator.tolist())
+    public_classes = sorted(set(pool.labels.tolist()) - private)
+    if not public_classes:
+        raise ValueError(
+            f"{split.name} has no labelled public classes; TL-DMI needs labelled public "
+            "data (or a pre-trained backbone loaded from local weights)"
+        )
+    keep = torch.isin(pool.labels, torch.tensor(public_classes))
+    subset = pool.subset(keep)
+    remap = {c: i for i, c in enumerate(public_classes)}
+    return ImageSet(subset.data, torch.tensor([remap[int(c)] for c in subset.labels.tolist()]))
+
+
+@dataclass
+class DefendedTarget:
+    """A target trained under a defense (or the plain recipe), with its report."""
+
+    defense: Any
+    model: Classifier
+    natural_acc: float
+    extra: dict[str, Any]
+    cache_hit: bool
+
+
+def make_defense(
+    name: str,
+    kwargs: Mapping[str, Any],
+    split: MISplit,
+    *,
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """Instantiate a registered defense, filling in what the study provides.
+
+    TL-DMI gets the labelled public data, label smoothing the number of training epochs (its warm-up
+    schedule is relative to them), and seeded defenses the seed, unless ``kwargs`` set them.
+    """
+    import inspect
+
+    from mibench_lib.defenses import DEFENSES
+
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; known: {sorted(DEFENSES)}")
+    ctor = DEFENSES[name]
+    accepted = inspect.signature(ctor).parameters
+    kw = dict(kwargs)
+    if name == "tl_dmi" and "pretrain_data" not in kw:
+        public = public_labelled(split)
+        kw.update(pretrain_data=public, pretrain_num_classes=int(public.labels.max()) + 1)
+    if "epochs" in accepted and name == "label_smoothing":
+        kw.setdefault("epochs", int(train_cfg.get("epochs", 10)))
+    if "seed" in accepted:
+        kw.setdefault("seed", seed)
+    if "device" in accepted:
+        kw.setdefault("device", str(device))
+    return ctor(**kw)
+
+
+def cached_defended_target(
+    cache: ArtifactCache,
+    split: MISplit,
+    *,
+    arch: str,
+    train_cfg: Mapping[str, Any],
+    defense_name: str,
+    defense_kwargs: Mapping[str, Any] | None = None,
+    seed: int,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> DefendedTarget:
+    """Train (or load) one target on the private data under a defense.
+
+    Output-processing defenses (and ``"none"``) share the undefended target; their effect is applied
+    by the oracle. Training defenses go through ``train_classifier(..., defense=...)``; the report's
+    extra numbers (epsilon for DP-SGD, robust accuracy for adversarial training, theta_C for TL-DMI)
+    are cached with the weights.
+    """
+    _check_train_cfg(train_cfg, "target")
+    defense_kwargs = dict(defense_kwargs or {})
+    arch_kwargs = dict(arch_kwargs or {})
+    defense = make_defense(
+        defense_name, defense_kwargs, split, train_cfg=train_cfg, seed=seed, device=device
+    )
+    trains = defense.trains
+    config = {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "num_classes": split.num_classes,
+        "data": data_fingerprint(split.private_train, split.private_test),
+        "train": dict(train_cfg),
+        "seed": seed,
+        "defense": defense.name if trains else "none",
+        "defense_config": dict(defense.config) if trains else {},
+    }
+
+    def fresh() -> Classifier:
+        torch.manual_seed(seed)
+        return build_classifier(arch, split.num_classes, split.image_shape, **arch_kwargs)
+
+    def build() -> tuple[dict, dict]:
+        from mibench_lib.defenses import unwrap_dp_model
+
+        t0 = time.perf_counter()
+        model, rep = train_classifier(
+            fresh(),
+            split.private_train,
+            split.private_test,
+            device=device,
+            rng=torch.Generator().manual_seed(seed),
+            progress=progress,
+            desc=f"target {defense.name} seed {seed}",
+            defense=defense if trains else None,
+            **train_cfg,
+        )
+        model = unwrap_dp_model(model) if defense.name == "dp_sgd" else model
+        extra = {k: v for k, v in rep.extra.items() if isinstance(v, (int, float, str))}
+        meta = {
+            "natural_acc": rep.test_acc,
+            "train_acc": rep.train_acc,
+            "extra": extra,
+            "wall_time_s": time.perf_counter() - t0,
+        }
+        return model.state_dict(), meta
+
+    tensors, meta, hit = cache.get_or_build("defended_target", config, build)
+    model = fresh()
+    restore = defense.restore or defense.build
+    if trains and restore is not None:
+        model = restore(model)
+    model.load_state_dict(tensors)
+    model = model.to(device).eval()
+    return DefendedTarget(defense, model, float(meta["natural_acc"]), dict(meta["extra"]), hit)

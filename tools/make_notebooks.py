@@ -1,7 +1,8 @@
 """Write the study notebooks (without outputs) from the cell sources below.
 
-The committed ``notebooks/*.ipynb`` are the source of truth for users; this script is how they are
-(re)generated for review-friendly diffs: ``python tools/make_notebooks.py && ruff format notebooks``.
+The committed ``notebooks/*.ipynb`` are what users open and what papermill runs; this script is
+how they are (re)generated, so that reviews read plain Python:
+``python tools/make_notebooks.py && ruff format notebooks``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,130 @@ def code(src: str, tags: list[str] | None = None) -> nbformat.NotebookNode:
     return cell
 
 
+def parameters(study: str, specific: str) -> nbformat.NotebookNode:
+    """The papermill parameters cell: shared keys, then the study's own."""
+    return code(
+        f'''
+# Injected by the runner (mibench run): where this configuration writes its outputs.
+study = "{study}"  # study name (folder under outputs/)
+config = "interactive"  # parameters-file stem
+out_dir = "outputs/{study}/interactive"  # output folder of this run
+
+# Data
+dataset = "mnist5k"  # key of mibench_lib.data.DATASETS
+dataset_kwargs = {{"resolution": 32}}  # keyword arguments of the loader (real data: root, ...)
+classes = []  # private classes to attack; [] = all
+samples_per_class = 1  # label entries per class handed to each attack
+
+# Trained artifacts (cached by a hash of their configuration)
+device = "auto"  # "auto", "cpu" or "cuda"
+cache_dir = ".mibench-cache"  # artifact cache folder
+model_seed = 0  # seeds the evaluator, the delta_face extractor and the GAN
+target_arch = "mnist_cnn"  # key of mibench_lib.models.MODELS
+evaluator_arch = "mnist_eval"  # evaluation model, trained on all classes of the dataset
+evaluator_train = {{"epochs": 8, "batch_size": 64, "lr": 0.001}}
+face_arch = "mnist_resnet"  # second, independent feature extractor behind delta_face
+face_train = {{"epochs": 6, "batch_size": 64, "lr": 0.001}}
+face_weights = ""  # local weights of face_arch (e.g. a face-recognition net): used as is, not trained
+gan = {{"latent_dim": 100, "width": 8, "critic_width": 16}}  # GMI DCGAN generator / WGAN-GP critic
+gan_train = {{"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}}
+
+# Attacks
+seeds = [0, 1, 2]  # one target training run and one attack run per seed
+attacks = ["gmi", "brep_mi", "miface"]  # keys of mibench_lib.attacks.ATTACKS
+attack_kwargs = {{"gmi": {{"steps": 1500, "restarts": 5, "select": "all"}}, "brep_mi": {{"max_radius": 30.0, "missing_start": "random"}}, "miface": {{}}}}
+query_budgets = {{}}  # attack -> maximum number of target queries (absent: unlimited)
+inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
+progress = True  # progress bars
+{specific}
+''',
+        tags=["parameters"],
+    )
+
+
+SETUP = code("""
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+from safetensors.torch import load_file
+
+from mibench_lib import plots
+from mibench_lib.cache import ArtifactCache
+from mibench_lib.progress import headless, tqdm
+from mibench_lib.seeding import resolve_device, seed_everything
+from mibench_lib.studies.harness import BASELINE, attack_and_score, prepare_setting
+from mibench_lib.studies.records import append_rows, completed_keys, mean_std_table, save_figure, save_table
+
+t_start = time.perf_counter()
+out = Path(out_dir)
+dev = resolve_device(device)
+cache = ArtifactCache(cache_dir)
+seed_everything(model_seed)
+setting = prepare_setting(
+    cache=cache, dataset=dataset, dataset_kwargs=dataset_kwargs, classes=classes,
+    samples_per_class=samples_per_class, model_seed=model_seed, evaluator_arch=evaluator_arch,
+    evaluator_train=evaluator_train, face_arch=face_arch, face_train=face_train, face_weights=face_weights,
+    gan=gan, gan_train=gan_train, attacks=attacks, attack_kwargs=attack_kwargs, query_budgets=query_budgets,
+    inception_weights=inception_weights, device=dev, out_dir=out, progress=progress)
+split = setting.split
+attack_classes = sorted(set(setting.labels.tolist()))
+display(pd.DataFrame([split.summary()]))
+display(Markdown(
+    f"Evaluator `{evaluator_arch}`: test accuracy **{setting.evaluator.test_acc:.3f}** over "
+    f"{split.evaluator_num_classes} classes (cache hit: {setting.evaluator.cache_hit}). "
+    f"delta_face extractor `{setting.face.name}`: test accuracy {setting.face.test_acc:.3f}. "
+    f"GAN prior: {setting.prior.meta['generator_steps']} generator steps on {len(split.public)} public "
+    f"images (cache hit: {setting.prior.cache_hit})."))
+""")
+
+GAN_SAMPLES = code("""
+with torch.inference_mode():
+    z = torch.randn(64, setting.prior.generator.latent_dim, generator=torch.Generator().manual_seed(0))
+    samples = setting.prior.generator(z.to(dev)).cpu()
+ax = plots.plot_image_grid(samples, nrow=16, title="GAN prior: random samples (public data only)")
+save_figure(ax.figure, out, "gan_samples")
+plt.show()
+""")
+
+
+def browser(key_doc: str, tag_expr: str, choices: str) -> list[nbformat.NotebookNode]:
+    """A JupyterLab-only ipywidgets browser of saved reconstructions."""
+    return [
+        md(
+            f"### Browse interactively (JupyterLab)\nPick {key_doc} to see every reconstruction of that run."
+        ),
+        code(f'''
+import ipywidgets as widgets
+
+
+def show(**key):
+    f = out / "reconstructions" / f"{tag_expr}.safetensors"
+    if not f.exists():
+        print(f"no reconstructions saved for {{key}}")
+        return
+    rec = load_file(str(f))
+    plots.plot_image_grid(rec["images"], nrow=min(16, len(rec["images"])), title=f"labels {{rec['labels'].tolist()}}")
+    plt.show()
+
+
+if headless():
+    print("Headless run: open this notebook in JupyterLab to browse the reconstructions.")
+else:
+    widgets.interact(show, {choices})
+'''),
+    ]
+
+
+FOOTER = code("""
+display(Markdown(f"Notebook wall time: {time.perf_counter() - t_start:.1f} s. Rows: {len(df)}. Outputs in `{out}`."))
+""")
+
+# --------------------------------------------------------------------------------------------------
 PREDICTIVE_POWER = [
     md("""
 # Model predictive power vs. model-inversion leakage
@@ -43,112 +168,18 @@ failure. Next to each attack, *random latents* through the same generator are sc
 **Run:** `mibench run parameters/predictive_power/default.yaml` (headless, papermill) or open this
 notebook in JupyterLab and run all cells (the defaults below are the embedded-default configuration).
 """),
-    code(
+    parameters(
+        "predictive_power",
         """
-# Injected by the runner (mibench run): where this configuration writes its outputs.
-study = "predictive_power"  # study name (folder under outputs/)
-config = "interactive"  # parameters-file stem
-out_dir = "outputs/predictive_power/interactive"  # output folder of this run
-
-# Data
-dataset = "mnist5k"  # key of mibench_lib.data.DATASETS
-dataset_kwargs = {"resolution": 32}  # keyword arguments of the loader (real data: root, ...)
-classes = []  # private classes to attack; [] = all
-samples_per_class = 1  # label entries per class handed to each attack
-
-# Trained artifacts (cached by a hash of their configuration)
-device = "auto"  # "auto", "cpu" or "cuda"
-cache_dir = ".mibench-cache"  # artifact cache folder
-model_seed = 0  # seeds the evaluator, the delta_face extractor and the GAN
-target_arch = "mnist_cnn"  # key of mibench_lib.models.MODELS
-target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001, "eval_every": 2}  # train_classifier kwargs
+# This study
+target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001, "eval_every": 2}  # eval_every: steps between accuracy checks
 thresholds = [0.5, 0.8, 0.95, 0.99]  # checkpoint the first time test accuracy reaches each
-evaluator_arch = "mnist_eval"  # evaluation model, trained on all classes of the dataset
-evaluator_train = {"epochs": 8, "batch_size": 64, "lr": 0.001}
-face_arch = "mnist_resnet"  # second, independent feature extractor behind delta_face
-face_train = {"epochs": 6, "batch_size": 64, "lr": 0.001}
-face_weights = ""  # local weights of face_arch (e.g. a face-recognition net): used as is, not trained
-gan = {"latent_dim": 100, "width": 16, "critic_width": 16}  # GMI DCGAN generator / WGAN-GP critic
-gan_train = {"epochs": 40, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
-
-# Attacks
-seeds = [0, 1, 2]  # one target training run and one attack run per seed
-attacks = ["gmi", "brep_mi", "miface"]  # keys of mibench_lib.attacks.ATTACKS
-attack_kwargs = {"gmi": {"steps": 1500, "restarts": 5, "select": "all"}, "brep_mi": {}, "miface": {}}
-query_budgets = {}  # attack -> maximum number of target queries (absent: unlimited)
 baseline = True  # also score random latents through the same generator
-inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
-progress = True  # progress bars
 """,
-        tags=["parameters"],
     ),
     md("## Set-up: data, evaluator, delta_face extractor and GAN prior (all cached)"),
-    code("""
-import time
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-import pandas as pd
-import torch
-from IPython.display import Markdown, display
-from safetensors.torch import load_file, save_file
-
-from mibench_lib import plots
-from mibench_lib.artifacts import (
-    cached_classifier,
-    cached_gan,
-    cached_target_checkpoints,
-    load_face_extractor,
-)
-from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, ATTACKS
-from mibench_lib.baselines import random_latent_baseline
-from mibench_lib.cache import ArtifactCache
-from mibench_lib.data import load_dataset
-from mibench_lib.metrics import evaluate_reconstructions
-from mibench_lib.oracle import TargetOracle
-from mibench_lib.progress import tqdm
-from mibench_lib.seeding import resolve_device, seed_everything
-from mibench_lib.studies.records import append_rows, completed_keys, mean_std_table, save_figure, save_table
-
-t_start = time.perf_counter()
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
-(out / "reconstructions").mkdir(exist_ok=True)
-dev = resolve_device(device)
-cache = ArtifactCache(cache_dir)
-unknown = sorted(set(attacks) - set(ATTACKS))
-if unknown:
-    raise ValueError(f"unknown attacks {unknown}; known: {sorted(ATTACKS)}")
-seed_everything(model_seed)
-split = load_dataset(dataset, **dataset_kwargs)
-attack_classes = list(classes) or list(range(split.num_classes))
-labels = torch.tensor(attack_classes, dtype=torch.int64).repeat_interleave(samples_per_class)
-display(pd.DataFrame([split.summary()]))
-"""),
-    code("""
-evaluator = cached_classifier(cache, role="evaluator", arch=evaluator_arch, train=split.evaluator_train,
-                              test=split.evaluator_test, num_classes=split.evaluator_num_classes,
-                              train_cfg=evaluator_train, seed=model_seed, device=dev, progress=progress)
-face = load_face_extractor(cache, split, arch=face_arch, train_cfg=face_train, weights=face_weights,
-                           seed=model_seed + 1, device=dev, progress=progress)
-prior = cached_gan(cache, split.public, latent_dim=gan["latent_dim"], width=gan["width"],
-                   critic_width=gan["critic_width"], train_cfg=gan_train, seed=model_seed, device=dev,
-                   progress=progress)
-display(Markdown(
-    f"Evaluator `{evaluator_arch}`: test accuracy **{evaluator.test_acc:.3f}** over "
-    f"{split.evaluator_num_classes} classes (cache hit: {evaluator.cache_hit}). "
-    f"delta_face extractor `{face.name}`: test accuracy {face.test_acc:.3f}. "
-    f"GAN prior: {prior.meta['generator_steps']} generator steps on {len(split.public)} public images "
-    f"(cache hit: {prior.cache_hit})."))
-"""),
-    code("""
-with torch.inference_mode():
-    samples = prior.generator(torch.randn(64, prior.generator.latent_dim,
-                                          generator=torch.Generator().manual_seed(0)).to(dev)).cpu()
-ax = plots.plot_image_grid(samples, nrow=16, title="GAN prior: random samples (public data only)")
-save_figure(ax.figure, out, "gan_samples")
-plt.show()
-"""),
+    SETUP,
+    GAN_SAMPLES,
     md("""
 ## Attacks on every checkpoint
 
@@ -156,9 +187,11 @@ One row per attack x checkpoint x seed is appended to `results.csv` as soon as i
 the reconstructions are saved beside it: an interrupted run resumes where it stopped.
 """),
     code("""
+from mibench_lib.artifacts import cached_target_checkpoints
+
 KEY = ["attack", "threshold", "seed"]
 done = completed_keys(out, KEY)
-names = (["random_latent"] if baseline else []) + list(attacks)
+names = ([BASELINE] if baseline else []) + list(attacks)
 for seed in seeds:
     ckpts = cached_target_checkpoints(cache, split, arch=target_arch, train_cfg=target_train,
                                       thresholds=thresholds, seed=seed, device=dev, progress=progress)
@@ -169,44 +202,15 @@ for seed in seeds:
         for name in tqdm(names, desc=f"seed {seed}, target acc {ck.test_acc:.3f}", disable=not progress):
             if (name, ck.threshold, seed) in done:
                 continue
-            rng = torch.Generator().manual_seed(seed)
-            if name == "random_latent":
-                res = random_latent_baseline(prior.generator, labels, rng=rng, truncation=1.0)
-                access = "none"
-            else:
-                access = ATTACK_ACCESS[name]
-                oracle = TargetOracle(ck.model, access=access, budget=query_budgets.get(name))
-                needs = {"generator": prior.generator, "discriminator": prior.discriminator}
-                kwargs = {k: needs[k] for k in ATTACK_NEEDS[name]}
-                res = ATTACKS[name](oracle, labels, rng=rng, **kwargs, **attack_kwargs.get(name, {}))
-            scores = evaluate_reconstructions(
-                res.images, res.labels, evaluator=evaluator.model, private_train=split.private_train,
-                label_map=split.private_to_evaluator, target=ck.model, face_model=face.model,
-                inception_weights=inception_weights or None, device=dev, strict=False)
-            unavailable = scores.pop("unavailable", {})
-            row = {"attack": name, "threshold": ck.threshold, "seed": seed, "access": access,
-                   "target_test_acc": ck.test_acc, "target_step": ck.step, **scores,
-                   "queries": res.queries, "wall_time_s": res.wall_time_s, "n_images": len(res.images),
-                   "evaluator_acc": evaluator.test_acc, "face_acc": face.test_acc,
-                   "unavailable": "; ".join(f"{k}: {v}" for k, v in unavailable.items())}
-            if "selected" in res.extras:  # GMI's best-of-restarts selection, scored on its own
-                sel = res.extras["selected"]
-                sel_scores = evaluate_reconstructions(
-                    res.images[sel], res.labels[sel], evaluator=evaluator.model,
-                    private_train=split.private_train, label_map=split.private_to_evaluator,
-                    target=ck.model, device=dev, strict=False)
-                row["acc1_selected"] = sel_scores["acc1"]
-            if "found_start" in res.extras:  # BREP-MI: entries the target never labelled at the start
-                row["start_found"] = float(res.extras["found_start"].float().mean())
-            save_file({"images": res.images.contiguous(), "labels": res.labels.contiguous()},
-                      out / "reconstructions" / f"{name}_t{ck.threshold:g}_s{seed}.safetensors")
-            append_rows(out, [row])
+            row = attack_and_score(setting, name, ck.model, seed=seed, tag=f"{name}_t{ck.threshold:g}_s{seed}")
+            append_rows(out, [{"threshold": ck.threshold, "target_test_acc": ck.test_acc,
+                               "target_step": ck.step, **row}])
 df = pd.read_csv(out / "results.csv")
 df.tail()
 """),
     md("## Results: mean ± std over seeds"),
     code("""
-METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid",
+METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "acc1_selected", "delta_eval", "delta_face", "fid",
            "precision", "recall", "density", "coverage", "queries", "wall_time_s"]
 table = mean_std_table(df, ["attack", "threshold"], [m for m in METRICS if m in df])
 save_table(table, out, "results_mean_std")
@@ -231,7 +235,6 @@ long = top.melt(id_vars=["attack", "seed"], value_vars=["target_acc", "acc1", "a
 long["scored by"] = long["scored by"].map({"target_acc": "target (top-1)", "acc1": "evaluator Acc@1",
                                            "acc5": "evaluator Acc@5"})
 fig, ax = plt.subplots(figsize=(7, 4))
-import seaborn as sns
 sns.barplot(data=long, x="attack", y="accuracy", hue="scored by", errorbar="sd", ax=ax)
 ax.set_title("Most accurate checkpoint: fooling the target vs. convincing the evaluator")
 save_figure(fig, out, "target_vs_evaluator")
@@ -247,47 +250,283 @@ for thr in sorted(df["threshold"].unique()):
             rec = load_file(str(f))
             rows[name] = (rec["images"], rec["labels"])
     acc = df.loc[df["threshold"] == thr, "target_test_acc"].mean()
-    fig = plots.plot_reconstruction_grid(rows, split.private_train, attack_classes,
-                                         per_class=min(2, max(1, samples_per_class * 5)),
+    fig = plots.plot_reconstruction_grid(rows, split.private_train, attack_classes, per_class=2,
                                          class_names=split.class_names,
                                          title=f"Target test accuracy {acc:.3f} (seed {seeds[0]})")
     save_figure(fig, out, f"reconstructions_t{thr:g}")
     plt.show()
 """),
+    FOOTER,
+    *browser(
+        "an attack, a checkpoint and a seed",
+        '{key["attack"]}_t{key["threshold"]:g}_s{key["seed"]}',
+        'attack=names, threshold=sorted(df["threshold"].unique().tolist()), seed=list(seeds)',
+    ),
+]
+
+# --------------------------------------------------------------------------------------------------
+DEFENSES = [
+    md("""
+# Defenses: how much does each one lower what an attacker recovers, and at what cost?
+
+Every defense is trained (or, for output processing, applied at the oracle) with the same target
+architecture and recipe; for each defense and knob value, every attack runs against it for several
+seeds. Natural accuracy on the private test set is the utility; evaluator Acc@1, Acc@5, delta_eval
+and the target's own accuracy on the reconstructions measure leakage.
+
+Threat models matter here: output-processing defenses (rounding, top-k, label-only, noise) change
+only what a black-box oracle releases, so **white-box attacks (GMI, MIFace) bypass them by
+definition** and BREP-MI, which already uses labels only, is unaffected by all but the noise. The
+tables keep the white-box, black-box and label-only families apart for this reason.
+
+DP-SGD's epsilon is example-level: it bounds what one training image reveals. Model inversion
+recovers what a whole class shares, which no per-example guarantee covers (a class of k images is
+protected only at roughly k x epsilon).
+
+**Run:** `mibench run parameters/defenses/default.yaml`.
+"""),
+    parameters(
+        "defenses",
+        """
+# This study
+target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
+defenses = [{"name": "none"}, {"name": "mid", "kwargs": {"beta": 0.01}}]  # [{name, kwargs}] from mibench_lib.defenses.DEFENSES
+fisher = True  # per-layer Fisher information of the undefended and TL-DMI targets (needs a tl_dmi entry)
+""",
+    ),
+    md("## Set-up (cached)"),
+    SETUP,
+    md("## Every defense x seed x attack"),
     code("""
-wall = time.perf_counter() - t_start
-display(Markdown(f"Notebook wall time: {wall:.1f} s. Rows: {len(df)}. Outputs in `{out}`."))
+from mibench_lib.artifacts import cached_defended_target
+from mibench_lib.defenses import DEFENSE_KIND, defended_oracle
+from mibench_lib.attacks import ATTACK_ACCESS
+
+
+def label_of(spec):
+    kw = spec.get("kwargs", {})
+    return spec["name"] + ("" if not kw else " (" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")")
+
+
+KEY = ["defense_label", "attack", "seed"]
+done = completed_keys(out, KEY)
+targets = {}
+for spec in defenses:
+    label = label_of(spec)
+    for seed in seeds:
+        tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
+                                     defense_name=spec["name"], defense_kwargs=spec.get("kwargs", {}),
+                                     seed=seed, device=dev, progress=progress)
+        targets[(label, seed)] = tgt
+        for name in tqdm(list(attacks), desc=f"{label}, seed {seed}", disable=not progress):
+            if (label, name, seed) in done:
+                continue
+            oracle = defended_oracle(tgt.model, tgt.defense, access=ATTACK_ACCESS[name],
+                                     budget=query_budgets.get(name))
+            tag = f"{label}_{name}_s{seed}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_")
+            row = attack_and_score(setting, name, tgt.model, seed=seed, tag=tag, oracle=oracle)
+            append_rows(out, [{"defense_label": label, "defense": spec["name"],
+                               "defense_kind": DEFENSE_KIND[spec["name"]], "knob": tgt.defense.knob or "",
+                               "knob_value": tgt.defense.knob_value, "natural_acc": tgt.natural_acc,
+                               **{f"defense_{k}": v for k, v in tgt.extra.items()}, **row}])
+df = pd.read_csv(out / "results.csv")
+df.tail()
+"""),
+    md("## Results: mean ± std over seeds"),
+    code("""
+METRICS = ["natural_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid", "queries"]
+extra_cols = [c for c in df if c.startswith("defense_") and c != "defense_label" and c != "defense_kind"]
+table = mean_std_table(df, ["family", "attack", "defense_label"], [m for m in METRICS + extra_cols if m in df])
+save_table(table, out, "results_mean_std")
+display(Markdown(table.to_markdown(index=False)))
+utility = mean_std_table(df.drop_duplicates(["defense_label", "seed"]), ["defense_label"],
+                         ["natural_acc", *extra_cols])
+save_table(utility, out, "natural_accuracy")
+display(Markdown(utility.to_markdown(index=False)))
+"""),
+    code("""
+means = df.groupby(["defense", "defense_label", "attack", "family"], as_index=False)[["natural_acc", "acc1"]].mean()
+fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.3), squeeze=False)
+for ax, name in zip(axes[0], attacks):
+    sub = means[means["attack"] == name].sort_values("natural_acc")
+    for d, grp in sub.groupby("defense"):
+        ax.plot(grp["natural_acc"], grp["acc1"], marker="o", label=d)
+    ax.set_xlabel("natural accuracy (private test)")
+    ax.set_ylabel("attack Acc@1 (evaluator)")
+    ax.set_title(f"{name} ({sub['family'].iloc[0] if len(sub) else ''})")
+    ax.grid(alpha=0.3)
+axes[0][-1].legend(fontsize=8, loc="best")
+fig.suptitle("Privacy-utility plane: one curve per defense across its knob (lower right is better)")
+fig.tight_layout()
+save_figure(fig, out, "privacy_utility")
+plt.show()
+"""),
+    code("""
+heat = df.groupby(["defense_label", "attack"])["acc1"].mean().unstack("attack")
+fig, ax = plt.subplots(figsize=(1.6 * len(heat.columns) + 3, 0.45 * len(heat) + 1.5))
+sns.heatmap(heat, annot=True, fmt=".2f", cmap="rocket_r", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "Acc@1"})
+ax.set_title("Attack Acc@1 (evaluator), mean over seeds")
+save_figure(fig, out, "defense_attack_heatmap")
+plt.show()
+"""),
+    md("## Reconstructions of the same classes under each defense (seed 0)"),
+    code("""
+for name in attacks:
+    rows = {}
+    for spec in defenses:
+        label = label_of(spec)
+        tag = f"{label}_{name}_s{seeds[0]}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_")
+        f = out / "reconstructions" / f"{tag}.safetensors"
+        if f.exists():
+            rec = load_file(str(f))
+            rows[label] = (rec["images"], rec["labels"])
+    fig = plots.plot_reconstruction_grid(rows, split.private_train, attack_classes, per_class=1,
+                                         title=f"{name}: reconstructions under each defense")
+    save_figure(fig, out, f"reconstructions_{name}")
+    plt.show()
 """),
     md("""
-### Browse interactively (JupyterLab)
-Pick an attack, a checkpoint and a seed to see every reconstruction of that run.
+## TL-DMI: where does the private data's Fisher information sit?
+
+Ho et al. (CVPR 2024) argue that layers frozen after public pre-training carry no private
+information. The per-layer Fisher information of the private data's log-likelihood (trace of the
+empirical Fisher diagonal) is compared between the undefended and the TL-DMI target.
 """),
     code("""
-import ipywidgets as widgets
+from mibench_lib.defenses import layer_fisher_information
 
-from mibench_lib.progress import headless
-
-def show(attack, threshold, seed):
-    f = out / "reconstructions" / f"{attack}_t{threshold:g}_s{seed}.safetensors"
-    if not f.exists():
-        print(f"no reconstructions saved for {attack}, threshold {threshold}, seed {seed}")
-        return
-    rec = load_file(str(f))
-    plots.plot_image_grid(rec["images"], nrow=min(16, len(rec["images"])),
-                          title=f"{attack}: labels {rec['labels'].tolist()}")
+tl = [s for s in defenses if s["name"] == "tl_dmi"]
+if fisher and tl:
+    base = targets[(label_of({"name": "none"}), seeds[0])] if any(s["name"] == "none" for s in defenses) else None
+    rows = []
+    for lab, tgt in [("undefended", base), (label_of(tl[0]), targets[(label_of(tl[0]), seeds[0])])]:
+        if tgt is None:
+            continue
+        info = layer_fisher_information(tgt.model, split.private_train, max_batches=8, trainable_only=True)
+        rows += [{"model": lab, "layer": k, "fisher": v} for k, v in info.items()]
+    fisher_df = pd.DataFrame(rows)
+    fisher_df.to_csv(out / "fisher_information.csv", index=False)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.barplot(data=fisher_df, x="layer", y="fisher", hue="model", ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylabel("Fisher information (trace, trainable parameters)")
+    ax.tick_params(axis="x", rotation=60)
+    ax.set_title("Private-data Fisher information per layer (frozen layers carry none)")
+    fig.tight_layout()
+    save_figure(fig, out, "fisher_information")
     plt.show()
-
-if headless():
-    print("Headless run: open this notebook in JupyterLab to browse the reconstructions.")
 else:
-    widgets.interact(show, attack=names, threshold=sorted(df["threshold"].unique().tolist()),
-                     seed=list(seeds))
+    print("no tl_dmi defense in this configuration: Fisher analysis skipped")
 """),
+    FOOTER,
+    *browser(
+        "a defense, an attack and a seed",
+        '{key["tag"]}_s{key["seed"]}',
+        'tag=[f"{label_of(s)}_{a}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_") '
+        "for s in defenses for a in attacks], seed=list(seeds)",
+    ),
+]
+
+# --------------------------------------------------------------------------------------------------
+ADVERSARIAL = [
+    md("""
+# Adversarial robustness vs. model inversion
+
+**Question.** Targets trained adversarially (Madry et al., ICLR 2018: PGD in L-inf and L2) are
+reported to have perceptually aligned gradients. Does that make inversion easier, in particular for
+prior-free attacks such as MIFace that follow the target's input gradient directly? Each target is
+adversarially trained at each epsilon of the grid (epsilon 0 = the standard recipe), its clean and
+PGD robust accuracy are reported, and every attack runs against it.
+
+**Run:** `mibench run parameters/adversarial_robustness/default.yaml`.
+"""),
+    parameters(
+        "adversarial_robustness",
+        """
+# This study
+target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
+eps_grid = {"linf": [0.1, 0.3], "l2": [1.0, 2.0]}  # adversarial-training radii per norm (0 = standard training is added)
+at_kwargs = {"steps": 5, "eval_steps": 20}  # further keyword arguments of adversarial_training_defense
+""",
+    ),
+    md("## Set-up (cached)"),
+    SETUP,
+    md("## Every (norm, epsilon) x seed x attack"),
+    code("""
+from mibench_lib.artifacts import cached_defended_target
+
+grid = [("none", 0.0)] + [(norm, float(e)) for norm, eps in eps_grid.items() for e in eps]
+KEY = ["norm", "eps", "attack", "seed"]
+done = completed_keys(out, KEY)
+for norm, eps in grid:
+    for seed in seeds:
+        if norm == "none":
+            tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train, defense_name="none",
+                                         seed=seed, device=dev, progress=progress)
+        else:
+            tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
+                                         defense_name="adversarial_training",
+                                         defense_kwargs={"eps": eps, "norm": norm, **at_kwargs}, seed=seed,
+                                         device=dev, progress=progress)
+        for name in tqdm(list(attacks), desc=f"{norm} eps={eps}, seed {seed}", disable=not progress):
+            if (norm, eps, name, seed) in done:
+                continue
+            row = attack_and_score(setting, name, tgt.model, seed=seed, tag=f"{norm}_{eps:g}_{name}_s{seed}")
+            append_rows(out, [{"norm": norm, "eps": eps, "natural_acc": tgt.natural_acc,
+                               "robust_acc": tgt.extra.get("robust_acc", float("nan")), **row}])
+df = pd.read_csv(out / "results.csv")
+df.tail()
+"""),
+    md("## Results: mean ± std over seeds"),
+    code("""
+METRICS = ["natural_acc", "robust_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid"]
+table = mean_std_table(df, ["attack", "norm", "eps"], [m for m in METRICS if m in df])
+save_table(table, out, "results_mean_std")
+display(Markdown(table.to_markdown(index=False)))
+"""),
+    code("""
+plot_df = pd.concat([df[df["norm"] == "none"].assign(norm=n) for n in eps_grid] + [df[df["norm"] != "none"]])
+fig, axes = plt.subplots(2, len(eps_grid), figsize=(5.5 * len(eps_grid), 8), squeeze=False)
+for j, norm in enumerate(eps_grid):
+    sub = plot_df[plot_df["norm"] == norm]
+    plots.plot_trend(sub, x="eps", y="acc1", ax=axes[0][j], ylabel="evaluator Acc@1",
+                     title=f"{norm}: attack accuracy vs. training epsilon")
+    plots.plot_trend(sub, x="eps", y="delta_eval", ax=axes[1][j], ylabel="delta_eval (lower = closer)",
+                     title=f"{norm}: feature distance vs. training epsilon")
+fig.tight_layout()
+save_figure(fig, out, "attack_vs_epsilon")
+plt.show()
+acc = df.drop_duplicates(["norm", "eps", "seed"]).groupby(["norm", "eps"])[["natural_acc", "robust_acc"]].mean()
+save_table(acc.reset_index(), out, "clean_and_robust_accuracy")
+display(Markdown(acc.reset_index().to_markdown(index=False)))
+"""),
+    md("## Reconstructions across epsilon (seed 0)"),
+    code("""
+for name in attacks:
+    rows = {}
+    for norm, eps in grid:
+        f = out / "reconstructions" / f"{norm}_{eps:g}_{name}_s{seeds[0]}.safetensors"
+        if f.exists():
+            rec = load_file(str(f))
+            rows[f"{norm} eps={eps:g}"] = (rec["images"], rec["labels"])
+    fig = plots.plot_reconstruction_grid(rows, split.private_train, attack_classes, per_class=1,
+                                         title=f"{name} against adversarially trained targets")
+    save_figure(fig, out, f"reconstructions_{name}")
+    plt.show()
+"""),
+    FOOTER,
+    *browser(
+        "a norm, an epsilon, an attack and a seed",
+        '{key["norm"]}_{key["eps"]:g}_{key["attack"]}_s{key["seed"]}',
+        "norm=[g[0] for g in grid], eps=sorted({g[1] for g in grid}), attack=list(attacks), seed=list(seeds)",
+    ),
 ]
 
 
 def write(name: str, cells: list) -> None:
     nb = nbformat.v4.new_notebook()
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{name[:12]}-{i:02d}"  # stable ids: regenerating gives clean diffs
     nb.cells = cells
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -303,3 +542,5 @@ def write(name: str, cells: list) -> None:
 
 if __name__ == "__main__":
     write("predictive_power", PREDICTIVE_POWER)
+    write("defenses", DEFENSES)
+    write("adversarial_robustness", ADVERSARIAL)

@@ -19,8 +19,8 @@ space of a public GAN, away from the decision boundary of the target class ``y``
       (``z`` kept, a fresh sphere drawn next time) if the target does not label it ``y``;
    f. if the radius grew, the point is snapshotted.
 3. A label stops after ``max_stale_iters`` iterations without a radius increase (or after
-   ``max_iters``). Its output is the snapshot from the last radius increase: the point that survived
-   the largest sphere, not the last iterate.
+   ``max_iters``, or once its radius exceeds ``max_radius``). Its output is the snapshot from the
+   last radius increase: the point that survived the largest sphere, not the last iterate.
 
 Each iteration costs ``sphere_points + 1`` queries per running label; the start-point search costs
 ``init_batch`` per batch drawn.
@@ -200,6 +200,7 @@ def brep_mi_attack(
     expansion: float = 1.3,
     point_clamp: float = 1.5,
     max_stale_iters: int = 1000,
+    max_radius: float | None = None,
     max_iters: int | None = None,
     init_batch: int = 256,
     max_init_batches: int = 100,
@@ -226,6 +227,11 @@ def brep_mi_attack(
             (official 1.5); sphere points are not.
         max_stale_iters: A label stops after this many iterations without a radius increase
             (official 1000).
+        max_radius: Stop a label once its sphere radius exceeds this (None: never, as in the
+            official code). Sphere points are not clamped, so on targets with few classes the
+            class region can contain spheres far larger than the latent box (side
+            ``2 * point_clamp``) and the radius then grows without end; a radius beyond the box's
+            diameter ``2 * point_clamp * sqrt(latent_dim)`` no longer probes the generator's range.
         max_iters: Optional cap on iterations per label (``None``: no cap). A target that keeps
             at least 29/32 sphere points inside at every radius is only stopped by this cap.
         init_batch: Latents drawn per start-point batch (official 256).
@@ -277,6 +283,10 @@ def brep_mi_attack(
         raise ValueError(f"expansion must be > 1, got {expansion}")
     if point_clamp <= 0:
         raise ValueError(f"point_clamp must be positive, got {point_clamp}")
+    if max_radius is not None and max_radius <= initial_radius:
+        raise ValueError(
+            f"max_radius must exceed initial_radius {initial_radius}, got {max_radius}"
+        )
     if max_stale_iters < 1:
         raise ValueError(f"max_stale_iters must be >= 1, got {max_stale_iters}")
     if max_iters is not None and max_iters < 0:
@@ -335,6 +345,8 @@ def brep_mi_attack(
             stale[idx] = torch.where(grew, 0, stale[idx] + 1)
             iters[idx] += 1
             done = stale[idx] >= max_stale_iters
+            if max_radius is not None:
+                done |= r_a > max_radius
             if max_iters is not None:
                 done |= iters[idx] >= max_iters
             active[idx[done]] = False

@@ -47,6 +47,9 @@ class Defense:
         postprocess: Output filter on (N, K) probabilities applied by the oracle.
         release: Access level the defense caps releases at (``"label"``, ``"top-k"``), or None.
         top_k: k of a top-k release.
+        restore: Applied to a fresh model before loading a defended model's saved weights. None
+            means ``build``, right when ``build`` only changes the architecture (MID, RoLSS,
+            DP-SGD's GroupNorm); TL-DMI, whose ``build`` pre-trains, restores only the freezing.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Defense:
     postprocess: Callable[[Tensor], Tensor] | None = None
     release: str | None = None
     top_k: int | None = None
+    restore: BuildFn | None = None
 
     @property
     def knob_value(self) -> Any:

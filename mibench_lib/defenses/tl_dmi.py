@@ -265,6 +265,11 @@ def tl_dmi_defense(
     def after_training(model: nn.Module, test_set: ImageSet, device: torch.device) -> dict:
         return {"theta_C": float(count_trainable(model))}
 
+    def restore(model: nn.Module) -> nn.Module:
+        # saved TL-DMI weights: same architecture, same frozen front (no pre-training again)
+        freeze_front(model, frozen_fraction=frozen_fraction, frozen_layers=layers)
+        return model
+
     config = {
         "pretrain_data": tensor_fingerprint(pretrain_data.data, pretrain_data.labels),
         "pretrain_num_classes": int(pretrain_num_classes),
@@ -281,6 +286,7 @@ def tl_dmi_defense(
         knob="frozen_fraction",
         build=build,
         after_training=after_training,
+        restore=restore,
     )
 
 

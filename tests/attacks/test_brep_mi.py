@@ -380,3 +380,15 @@ def test_missing_start_random_marks_and_skips_unreachable_labels():
     assert res.extras["found_start"].tolist() == [True, False]
     assert res.extras["iterations"].tolist() == [3, 0]
     assert res.queries == 2 * 8 + 3 * 33  # both start-point batches, then 3 iterations of label 0
+
+
+def test_max_radius_stops_unbounded_growth():
+    oracle = TargetOracle(ConstantTarget(label=1), access="label")
+    res = brep_mi_attack(
+        oracle, torch.tensor([1, 1]), generator=tiny_generator(), max_radius=3.0, rng=_rng(0)
+    )
+    # 2 -> 2.6 -> 3.38 > 3: stops after two iterations although the stale counter never runs out
+    assert res.extras["iterations"].tolist() == [2, 2]
+    torch.testing.assert_close(res.extras["radius"], torch.full((2,), 3.38))
+    with pytest.raises(ValueError, match="max_radius"):
+        brep_mi_attack(oracle, torch.tensor([1]), generator=tiny_generator(), max_radius=1.0)
