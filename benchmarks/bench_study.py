@@ -7,8 +7,9 @@ Three runs of ``mibench run`` in fresh temporary cache and output folders:
 1. **cold**: empty artifact cache, nothing computed yet (trains evaluator, delta_face extractor,
    GAN and one target per seed, then runs every attack);
 2. **rerun**: identical parameters: the completed configuration is skipped;
-3. **attack change**: only an attack parameter differs: the notebook reruns the attacks but every
-   trained model comes from the cache (checked: no new cache file appears).
+3. **attack change**: only attack parameters differ (MIFace's step size; only MIFace is run): the
+   notebook reruns the attack but every trained model comes from the cache (checked: no new cache
+   file appears).
 
 Where the cold time goes is read back from the run itself: training wall times from the cache
 metadata, attack wall times from ``results.csv``. Results go to ``benchmarks/results/``.
@@ -41,11 +42,17 @@ def run(cmd: list[str]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="parameters/predictive_power/default.yaml")
+    ap.add_argument(
+        "--workdir", default=None, help="keep cache and outputs here (default: a temp dir)"
+    )
     args = ap.parse_args()
     cfg = Path(args.config)
     params = yaml.safe_load((ROOT / cfg).read_text())
     mibench = str(Path(sys.executable).with_name("mibench"))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.workdir or scratch)
+        if any(tmp.glob("*")):
+            raise SystemExit(f"{tmp} is not empty: the cold run needs an empty cache")
         cache, out_root = Path(tmp) / "cache", Path(tmp) / "outputs"
         base = [
             mibench,
@@ -61,20 +68,22 @@ def main() -> int:
             "false",
         ]
         cold = run(base)
+        out = out_root / cfg.parent.name / cfg.stem
+        df = pd.read_csv(out / "results.csv")
+        env = json.loads((out / "environment.json").read_text())
         rerun = run(base)
         files_before = sorted(p.name for p in cache.rglob("*.safetensors"))
         changed = dict(params["attack_kwargs"])
         changed["miface"] = {**changed.get("miface", {}), "lr": 0.05}
-        attack_change = run([*base, "-p", "attack_kwargs", json.dumps(changed)])
+        attack_change = run(
+            [*base, "-p", "attack_kwargs", json.dumps(changed), "-p", "attacks", '["miface"]']
+        )
         files_after = sorted(p.name for p in cache.rglob("*.safetensors"))
-        out = out_root / cfg.parent.name / cfg.stem
-        df = pd.read_csv(out / "results.csv")
         training = {}
         for meta_file in cache.rglob("*.json"):
             meta = json.loads(meta_file.read_text())
             training.setdefault(meta["kind"], 0.0)
             training[meta["kind"]] += float(meta["metadata"].get("wall_time_s", 0.0))
-        env = json.loads((out / "environment.json").read_text())
     attack_time = df.groupby("attack")["wall_time_s"].sum().round(1).to_dict()
     report = {
         "config": str(cfg),
@@ -87,7 +96,7 @@ def main() -> int:
         "models_reused_on_attack_change": files_before == files_after,
         "training_s_by_kind": {k: round(v, 1) for k, v in training.items()},
         "attack_s_by_attack": attack_time,
-        "notebook_wall_s": env.get("wall_time_s"),
+        "notebook_wall_s": env.get("wall_s"),
     }
     dest = ROOT / "benchmarks" / "results" / f"{cfg.parent.name}_{cfg.stem}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
