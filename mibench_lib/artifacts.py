@@ -137,6 +137,32 @@ def cached_classifier(
     return TrainedClassifier(model.to(device).eval(), float(meta["test_acc"]), meta, hit)
 
 
+def cached_evaluator(
+    cache: ArtifactCache,
+    split: MISplit,
+    *,
+    role: str = "evaluator",
+    arch: str,
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> TrainedClassifier:
+    """Train (or load) a classifier on the evaluator's data and label space (all classes)."""
+    return cached_classifier(
+        cache,
+        role=role,
+        arch=arch,
+        train=split.evaluator_train,
+        test=split.evaluator_test,
+        num_classes=split.evaluator_num_classes,
+        train_cfg=train_cfg,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+
+
 @dataclass
 class TargetCheckpoint:
     """The target as it was the first time its test accuracy reached ``threshold``."""
@@ -341,13 +367,11 @@ def load_face_extractor(
         return FeatureExtractor(
             f"{arch} (local weights)", model.to(device).eval(), float("nan"), str(weights)
         )
-    trained = cached_classifier(
+    trained = cached_evaluator(
         cache,
+        split,
         role="face",
         arch=arch,
-        train=split.evaluator_train,
-        test=split.evaluator_test,
-        num_classes=split.evaluator_num_classes,
         train_cfg=train_cfg,
         seed=seed,
         device=device,

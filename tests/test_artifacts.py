@@ -124,3 +124,44 @@ def test_gan_and_face_extractor(tmp_path, split):
     torch.testing.assert_close(gan.generator(z), again.generator(z))
     face = load_face_extractor(cache, split, arch="mnist_resnet", train_cfg={"epochs": 1}, seed=1)
     assert face.model.num_classes == 10 and 0 < face.test_acc <= 1
+
+
+def test_output_defenses_share_the_undefended_target(tmp_path, split):
+    from mibench_lib.artifacts import cached_defended_target
+
+    cache = ArtifactCache(tmp_path)
+    kw = {"arch": "mnist_cnn", "train_cfg": {"epochs": 1}, "seed": 0, "progress": False}
+    none = cached_defended_target(cache, split, defense_name="none", **kw)
+    rounded = cached_defended_target(
+        cache, split, defense_name="rounding", defense_kwargs={"decimals": 1}, **kw
+    )
+    assert not none.cache_hit and rounded.cache_hit
+    assert rounded.defense.postprocess is not None and rounded.natural_acc == none.natural_acc
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("mid", {"beta": 0.01}), ("tl_dmi", {"pretrain_epochs": 1})]
+)
+def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
+    from mibench_lib.artifacts import cached_defended_target
+
+    cache = ArtifactCache(tmp_path)
+    kw = {"arch": "mnist_cnn", "train_cfg": {"epochs": 1}, "seed": 0, "progress": False}
+    first = cached_defended_target(cache, split, defense_name=name, defense_kwargs=kwargs, **kw)
+    again = cached_defended_target(cache, split, defense_name=name, defense_kwargs=kwargs, **kw)
+    assert not first.cache_hit and again.cache_hit
+    assert type(first.model) is type(again.model)
+    for (ka, a), (kb, b) in zip(first.model.state_dict().items(), again.model.state_dict().items()):
+        assert ka == kb and torch.equal(a, b)
+    frozen = [n for n, p in first.model.named_parameters() if not p.requires_grad]
+    assert frozen == [n for n, p in again.model.named_parameters() if not p.requires_grad]
+    if name == "tl_dmi":
+        assert frozen and again.extra["theta_C"] > 0
+
+
+def test_public_labelled_excludes_private_classes(split):
+    from mibench_lib.artifacts import public_labelled
+
+    pub = public_labelled(split)
+    assert sorted(pub.labels.unique().tolist()) == [0, 1, 2, 3, 4]
+    assert len(pub) == len(split.public)

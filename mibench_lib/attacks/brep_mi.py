@@ -44,32 +44,18 @@ Deviations from the official code (``brep_mi.py`` of the authors' repository), a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mibench_lib._checks import check_labels
+from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import TargetOracle
 
 __all__ = ["brep_mi_attack"]
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put frozen networks in eval mode (BatchNorm uses, and never updates, running stats)."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 def _predicted_labels(oracle: TargetOracle, generator: Generator, z: Tensor) -> Tensor:
@@ -304,7 +290,7 @@ def brep_mi_attack(
     y = labels.to(device)
     losses: list[float] = []
 
-    with _eval_mode(generator), torch.no_grad():
+    with eval_mode(generator), torch.no_grad():
         start, found = _initial_points(
             oracle,
             generator,

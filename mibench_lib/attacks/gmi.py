@@ -34,8 +34,6 @@ Relation to the official code (``Celeba/attack.py`` of the authors' repository):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mibench_lib._checks import check_labels
+from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import AccessDenied, TargetOracle
@@ -51,19 +50,6 @@ from mibench_lib.oracle import AccessDenied, TargetOracle
 OFFICIAL_BATCH = 100
 
 __all__ = ["gmi_attack"]
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put frozen networks in eval mode (BatchNorm uses, and never updates, running stats)."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 def gmi_attack(
@@ -164,7 +150,7 @@ def gmi_attack(
     z_init = torch.randn(restarts * n, dim, generator=rng)  # drawn on CPU for device-independence
     losses: list[float] = []
 
-    with _eval_mode(generator, discriminator, oracle.module):
+    with eval_mode(generator, discriminator, oracle.module):
         z = z_init.to(device).requires_grad_(True)
         opt = torch.optim.SGD([z], lr=lr, momentum=momentum, nesterov=True)
         for step in range(steps):

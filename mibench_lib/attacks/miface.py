@@ -30,31 +30,17 @@ the last iterate.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mibench_lib._checks import check_labels
+from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
 __all__ = ["miface_attack"]
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put frozen networks in eval mode (BatchNorm uses, and never updates, running stats)."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
 
 
 def _cost_and_grad(oracle: TargetOracle, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +128,7 @@ def miface_attack(
     y = labels.to(device)
     losses: list[float] = []
 
-    with _eval_mode(oracle.module):
+    with eval_mode(oracle.module):
         x = torch.zeros(n, *oracle.input_shape, device=device)
         cost, grad = _cost_and_grad(oracle, x, y)
         best_x, best_cost = x.clone(), cost.clone()

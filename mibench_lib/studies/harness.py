@@ -23,7 +23,7 @@ from mibench_lib.artifacts import (
     FeatureExtractor,
     TrainedClassifier,
     TrainedGAN,
-    cached_classifier,
+    cached_evaluator,
     cached_gan,
     load_face_extractor,
 )
@@ -102,13 +102,10 @@ def prepare_setting(
         )
     attack_classes = list(classes) or list(range(split.num_classes))
     labels = torch.tensor(attack_classes, dtype=torch.int64).repeat_interleave(samples_per_class)
-    evaluator = cached_classifier(
+    evaluator = cached_evaluator(
         cache,
-        role="evaluator",
+        split,
         arch=evaluator_arch,
-        train=split.evaluator_train,
-        test=split.evaluator_test,
-        num_classes=split.evaluator_num_classes,
         train_cfg=evaluator_train,
         seed=model_seed,
         device=device,
