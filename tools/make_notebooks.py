@@ -454,6 +454,7 @@ at_kwargs = {"steps": 5, "eval_steps": 20}  # further keyword arguments of adver
     md("## Every (norm, epsilon) x seed x attack"),
     code("""
 from mibench_lib.artifacts import cached_defended_target
+from mibench_lib.defenses import robust_accuracy
 
 grid = [("none", 0.0)] + [(norm, float(e)) for norm, eps in eps_grid.items() for e in eps]
 KEY = ["norm", "eps", "attack", "seed"]
@@ -468,12 +469,18 @@ for norm, eps in grid:
                                          defense_name="adversarial_training",
                                          defense_kwargs={"eps": eps, "norm": norm, **at_kwargs}, seed=seed,
                                          device=dev, progress=progress)
-        for name in tqdm(list(attacks), desc=f"{norm} eps={eps}, seed {seed}", disable=not progress):
-            if (norm, eps, name, seed) in done:
-                continue
+        todo = [name for name in attacks if (norm, eps, name, seed) not in done]
+        undefended_robust = float("nan")
+        if todo and norm != "none":  # the standard target's robust accuracy at the same radius
+            base = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
+                                          defense_name="none", seed=seed, device=dev, progress=progress)
+            undefended_robust = robust_accuracy(base.model, split.private_test, eps=eps, norm=norm,
+                                                steps=at_kwargs.get("eval_steps", 20), device=dev, seed=seed)
+        for name in tqdm(todo, desc=f"{norm} eps={eps}, seed {seed}", disable=not progress):
             row = attack_and_score(setting, name, tgt.model, seed=seed, tag=f"{norm}_{eps:g}_{name}_s{seed}")
             append_rows(out, [{"norm": norm, "eps": eps, "natural_acc": tgt.natural_acc,
-                               "robust_acc": tgt.extra.get("robust_acc", float("nan")), **row}])
+                               "robust_acc": tgt.extra.get("robust_acc", float("nan")),
+                               "undefended_robust_acc": undefended_robust, **row}])
 df = pd.read_csv(out / "results.csv")
 df.tail()
 """),
@@ -496,7 +503,8 @@ for j, norm in enumerate(eps_grid):
 fig.tight_layout()
 save_figure(fig, out, "attack_vs_epsilon")
 plt.show()
-acc = df.drop_duplicates(["norm", "eps", "seed"]).groupby(["norm", "eps"])[["natural_acc", "robust_acc"]].mean()
+acc = (df.drop_duplicates(["norm", "eps", "seed"]).groupby(["norm", "eps"])
+       [["natural_acc", "robust_acc", "undefended_robust_acc"]].mean())
 save_table(acc.reset_index(), out, "clean_and_robust_accuracy")
 display(Markdown(acc.reset_index().to_markdown(index=False)))
 """),
