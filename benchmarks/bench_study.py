@@ -13,6 +13,9 @@ Three runs of ``mibench run`` in fresh temporary cache and output folders:
 
 Where the cold time goes is read back from the run itself: training wall times from the cache
 metadata, attack wall times from ``results.csv``. Results go to ``benchmarks/results/``.
+
+``--summarize WORKDIR`` only reads back a cold run made by hand with
+``mibench run CONFIG -p cache_dir WORKDIR/cache --out-root WORKDIR/outputs`` (no reruns).
 """
 
 from __future__ import annotations
@@ -79,11 +82,7 @@ def main() -> int:
             [*base, "-p", "attack_kwargs", json.dumps(changed), "-p", "attacks", '["miface"]']
         )
         files_after = sorted(p.name for p in cache.rglob("*.safetensors"))
-        training = {}
-        for meta_file in cache.rglob("*.json"):
-            meta = json.loads(meta_file.read_text())
-            training.setdefault(meta["kind"], 0.0)
-            training[meta["kind"]] += float(meta["metadata"].get("wall_time_s", 0.0))
+        training = training_times(cache)
     attack_time = df.groupby("attack")["wall_time_s"].sum().round(1).to_dict()
     report = {
         "config": str(cfg),
@@ -94,12 +93,44 @@ def main() -> int:
         "rerun_s": round(rerun, 1),
         "attack_change_s": round(attack_change, 1),
         "models_reused_on_attack_change": files_before == files_after,
-        "training_s_by_kind": {k: round(v, 1) for k, v in training.items()},
+        "training_s_by_kind": training,
         "attack_s_by_attack": attack_time,
         "notebook_wall_s": env.get("wall_s"),
     }
     dest = ROOT / "benchmarks" / "results" / f"{cfg.parent.name}_{cfg.stem}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def training_times(cache: Path) -> dict[str, float]:
+    """Seconds spent training each kind of cached artifact (from the cache metadata)."""
+    out: dict[str, float] = {}
+    for meta_file in cache.rglob("*.json"):
+        meta = json.loads(meta_file.read_text())
+        out[meta["kind"]] = round(
+            out.get(meta["kind"], 0.0) + float(meta["metadata"].get("wall_time_s", 0.0)), 1
+        )
+    return out
+
+
+def summarize(cfg: Path, workdir: Path) -> int:
+    """Report of a cold run made by hand (see module docstring)."""
+    out = workdir / "outputs" / cfg.parent.name / cfg.stem
+    env = json.loads((out / "environment.json").read_text())
+    df = pd.read_csv(out / "results.csv")
+    report = {
+        "config": str(cfg),
+        "machine": f"{platform.machine()}, {env.get('cpu_count')} cores, "
+        f"{env.get('torch_threads')} torch threads",
+        "torch": env.get("torch"),
+        "cold_s": env.get("wall_s"),
+        "training_s_by_kind": training_times(workdir / "cache"),
+        "attack_s_by_attack": df.groupby("attack")["wall_time_s"].sum().round(1).to_dict(),
+        "rows": len(df),
+    }
+    dest = ROOT / "benchmarks" / "results" / f"{cfg.parent.name}_{cfg.stem}.json"
     dest.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
