@@ -48,7 +48,12 @@ def main() -> int:
     ap.add_argument(
         "--workdir", default=None, help="keep cache and outputs here (default: a temp dir)"
     )
+    ap.add_argument(
+        "--summarize", default=None, help="only summarise a finished cold run in this workdir"
+    )
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(Path(args.config), Path(args.summarize))
     cfg = Path(args.config)
     params = yaml.safe_load((ROOT / cfg).read_text())
     mibench = str(Path(sys.executable).with_name("mibench"))
