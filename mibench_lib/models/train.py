@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from mibench_lib.data._types import ImageSet
+from mibench_lib.metrics.features import predict_logits
 from mibench_lib.progress import tqdm
 
 
@@ -83,28 +84,6 @@ def batch_loader(
     )
 
 
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    images: Tensor,
-    *,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Logits of ``model`` on ``images`` in eval mode, in batches; returned on the CPU."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = torch.cat(
-        [
-            model(images[i : i + batch_size].to(device)).float().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
-    )
-    model.train(was_training)
-    return out
-
-
 def accuracy(
     model: nn.Module,
     data: ImageSet,
@@ -115,7 +94,7 @@ def accuracy(
     """Top-1 accuracy of ``model`` on a labelled set."""
     if len(data) == 0:
         raise ValueError("cannot compute accuracy on an empty set")
-    logits = predict_logits(model, data.images, batch_size=batch_size, device=device)
+    logits = predict_logits(model, data, batch_size=batch_size, device=device)
     return float((logits.argmax(1) == data.labels).float().mean())
 
 
