@@ -10,7 +10,9 @@ caller's metadata (e.g. test accuracy), library versions and the SHA-256 and siz
 file. Loading recomputes the checksum: a truncated, edited or half-written file raises
 :class:`CorruptArtifactError` and is never trusted. Nothing is ever unpickled: safetensors stores raw
 tensors and JSON only. Writes go to a temporary file first and are renamed into place, so an
-interrupted run never leaves a file that looks complete.
+interrupted run never leaves a file that looks complete. Builds take a per-key file lock
+(``<key>.lock``), so processes that share a cache (parallel study workers, ``mibench run-all -j``)
+build each artifact once: the others wait for it and load the result.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -181,22 +184,35 @@ class ArtifactCache:
         Returns:
             ``(tensors, metadata, hit)`` where ``hit`` says whether the cache was used.
         """
-        if self.exists(kind, config):
-            try:
-                tensors, meta = self.load(kind, config)
-                return tensors, meta, True
-            except CorruptArtifactError as err:
-                warnings.warn(
-                    f"ignoring corrupt cached {kind}: {err}; rebuilding",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                for p in self.paths(kind, config):
-                    if p.exists():
-                        os.replace(p, p.with_name(p.name + ".corrupt"))
-        tensors, meta = build()
-        self.save(kind, config, tensors, meta)
+        loaded = self._load_trusted(kind, config)
+        if loaded is not None:
+            return (*loaded, True)
+        wpath, _ = self.paths(kind, config)
+        wpath.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(wpath.with_suffix(".lock"))):
+            loaded = self._load_trusted(kind, config)  # another process may have built it meanwhile
+            if loaded is not None:
+                return (*loaded, True)
+            tensors, meta = build()
+            self.save(kind, config, tensors, meta)
         return {k: v.detach().cpu() for k, v in tensors.items()}, dict(meta), False
+
+    def _load_trusted(
+        self, kind: str, config: Mapping[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        """The artifact if it is cached and intact; a corrupt one is moved aside and None returned."""
+        if not self.exists(kind, config):
+            return None
+        try:
+            return self.load(kind, config)
+        except CorruptArtifactError as err:
+            warnings.warn(
+                f"ignoring corrupt cached {kind}: {err}; rebuilding", RuntimeWarning, stacklevel=3
+            )
+            for p in self.paths(kind, config):
+                if p.exists():
+                    os.replace(p, p.with_name(p.name + ".corrupt"))
+            return None
 
 
 def prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

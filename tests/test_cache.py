@@ -86,3 +86,27 @@ def test_tensor_fingerprint_sees_values_and_shapes():
     b = a.clone()
     b[1] = 1e-7
     assert tensor_fingerprint(a) != tensor_fingerprint(b)
+
+
+def _slow_build_in_process(root: str, log: str) -> bool:
+    """Runs in a separate process: build one artifact slowly, logging each real build."""
+    import time
+
+    def build():
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        return {"w": torch.ones(2)}, {}
+
+    return ArtifactCache(root).get_or_build("gan", {"seed": 0}, build)[2]
+
+
+def test_concurrent_processes_build_an_artifact_once(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log = tmp_path / "builds.log"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        hits = list(pool.map(_slow_build_in_process, [str(tmp_path)] * 2, [str(log)] * 2))
+    assert log.read_text().count("built") == 1  # the second process waited and loaded it
+    assert sorted(hits) == [False, True]

@@ -42,6 +42,7 @@ samples_per_class = 1  # label entries per class handed to each attack
 
 # Trained artifacts (cached by a hash of their configuration)
 device = "auto"  # "auto", "cpu" or "cuda"
+workers = 0  # processes running attacks and trainings side by side (0: one per CPU thread; 1: this one)
 cache_dir = ".mibench-cache"  # artifact cache folder
 model_seed = 0  # seeds the evaluator, the delta_face extractor and the GAN
 target_arch = "mnist_cnn"  # key of mibench_lib.models.MODELS
@@ -81,7 +82,9 @@ from mibench_lib import plots
 from mibench_lib.cache import ArtifactCache
 from mibench_lib.progress import headless, tqdm
 from mibench_lib.seeding import resolve_device, seed_everything
-from mibench_lib.studies.harness import BASELINE, attack_and_score, prepare_setting
+from mibench_lib.studies.harness import BASELINE, prepare_setting
+from mibench_lib.studies.jobs import TargetRef, attack_order, attack_target, build_target, load_target
+from mibench_lib.studies.pool import StudyPool, default_workers
 from mibench_lib.studies.records import append_rows, completed_keys, mean_std_table, save_figure, save_table
 
 t_start = time.perf_counter()
@@ -89,21 +92,29 @@ out = Path(out_dir)
 dev = resolve_device(device)
 cache = ArtifactCache(cache_dir)
 seed_everything(model_seed)
+# Lazy: the evaluator, delta_face extractor and GAN are built (or loaded) by the pool's workers.
 setting = prepare_setting(
     cache=cache, dataset=dataset, dataset_kwargs=dataset_kwargs, classes=classes,
     samples_per_class=samples_per_class, model_seed=model_seed, evaluator_arch=evaluator_arch,
     evaluator_train=evaluator_train, face_arch=face_arch, face_train=face_train, face_weights=face_weights,
     gan=gan, gan_train=gan_train, attacks=attacks, attack_kwargs=attack_kwargs, query_budgets=query_budgets,
-    inception_weights=inception_weights, device=dev, out_dir=out, progress=progress)
+    inception_weights=inception_weights, device=dev, out_dir=out, progress=progress, eager=False)
 split = setting.split
 attack_classes = sorted(set(setting.labels.tolist()))
+pool = StudyPool(setting, workers=default_workers(dev, workers))
+warm = pool.warm_up()  # GAN first: it trains while the other worker trains targets and runs MIFace
 display(pd.DataFrame([split.summary()]))
+print(f"{pool.workers} worker process(es) on {dev}")
+""")
+
+SUMMARY = code("""
+pool.wait(warm)
 display(Markdown(
     f"Evaluator `{evaluator_arch}`: test accuracy **{setting.evaluator.test_acc:.3f}** over "
     f"{split.evaluator_num_classes} classes (cache hit: {setting.evaluator.cache_hit}). "
     f"delta_face extractor `{setting.face.name}`: test accuracy {setting.face.test_acc:.3f}. "
     f"GAN prior: {setting.prior.meta['generator_steps']} generator steps on {len(split.public)} public "
-    f"images (cache hit: {setting.prior.cache_hit})."))
+    f"images."))
 """)
 
 GAN_SAMPLES = code("""
@@ -145,6 +156,7 @@ else:
 
 
 FOOTER = code("""
+pool.close()
 display(Markdown(f"Notebook wall time: {time.perf_counter() - t_start:.1f} s. Rows: {len(df)}. Outputs in `{out}`."))
 """)
 
@@ -179,7 +191,6 @@ baseline = True  # also score random latents through the same generator
     ),
     md("## Set-up: data, evaluator, delta_face extractor and GAN prior (all cached)"),
     SETUP,
-    GAN_SAMPLES,
     md("""
 ## Attacks on every checkpoint
 
@@ -187,27 +198,33 @@ One row per attack x checkpoint x seed is appended to `results.csv` as soon as i
 the reconstructions are saved beside it: an interrupted run resumes where it stopped.
 """),
     code("""
-from mibench_lib.artifacts import cached_target_checkpoints
+from dataclasses import replace
 
 KEY = ["attack", "threshold", "seed"]
 done = completed_keys(out, KEY)
 names = ([BASELINE] if baseline else []) + list(attacks)
-for seed in seeds:
-    ckpts = cached_target_checkpoints(cache, split, arch=target_arch, train_cfg=target_train,
-                                      thresholds=thresholds, seed=seed, device=dev, progress=progress)
+runs = {seed: TargetRef(target_arch, target_train, seed, thresholds=tuple(thresholds)) for seed in seeds}
+pool.wait([pool.submit(build_target, ref) for ref in runs.values()])
+checkpoints = {seed: load_target(setting, ref) for seed, ref in runs.items()}
+for seed, ckpts in checkpoints.items():
     missing = sorted(set(map(float, thresholds)) - {c.threshold for c in ckpts})
     if missing:
         display(Markdown(f"**Seed {seed}: the target never reached thresholds {missing}.**"))
-    for ck in ckpts:
-        for name in tqdm(names, desc=f"seed {seed}, target acc {ck.test_acc:.3f}", disable=not progress):
-            if (name, ck.threshold, seed) in done:
-                continue
-            row = attack_and_score(setting, name, ck.model, seed=seed, tag=f"{name}_t{ck.threshold:g}_s{seed}")
-            append_rows(out, [{"threshold": ck.threshold, "target_test_acc": ck.test_acc,
-                               "target_step": ck.step, **row}])
-df = pd.read_csv(out / "results.csv")
+futures = {}
+for name in attack_order(names):
+    for seed, ckpts in checkpoints.items():
+        for ck in ckpts:
+            if (name, ck.threshold, seed) not in done:
+                job = pool.submit(attack_target, replace(runs[seed], threshold=ck.threshold), name, seed=seed,
+                                  tag=f"{name}_t{ck.threshold:g}_s{seed}")
+                futures[job] = {"threshold": ck.threshold, "target_test_acc": ck.test_acc, "target_step": ck.step}
+for columns, row in pool.results(futures, desc="attacks", progress=progress):
+    append_rows(out, [{**columns, **row}])
+df = pd.read_csv(out / "results.csv").sort_values(KEY, ignore_index=True)
 df.tail()
 """),
+    SUMMARY,
+    GAN_SAMPLES,
     md("## Results: mean ± std over seeds"),
     code("""
 METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "acc1_selected", "delta_eval", "delta_face", "fid",
@@ -298,9 +315,7 @@ fisher = True  # per-layer Fisher information of the undefended and TL-DMI targe
     SETUP,
     md("## Every defense x seed x attack"),
     code("""
-from mibench_lib.artifacts import cached_defended_target
-from mibench_lib.defenses import DEFENSE_KIND, defended_oracle
-from mibench_lib.attacks import ATTACK_ACCESS
+from mibench_lib.defenses import DEFENSE_KIND
 
 
 def label_of(spec):
@@ -308,30 +323,34 @@ def label_of(spec):
     return spec["name"] + ("" if not kw else " (" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")")
 
 
+def tag_of(label, name, seed):
+    return f"{label}_{name}_s{seed}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_")
+
+
 KEY = ["defense_label", "attack", "seed"]
 done = completed_keys(out, KEY)
-targets = {}
-for spec in defenses:
-    label = label_of(spec)
-    for seed in seeds:
-        tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
-                                     defense_name=spec["name"], defense_kwargs=spec.get("kwargs", {}),
-                                     seed=seed, device=dev, progress=progress)
-        targets[(label, seed)] = tgt
-        for name in tqdm(list(attacks), desc=f"{label}, seed {seed}", disable=not progress):
-            if (label, name, seed) in done:
-                continue
-            oracle = defended_oracle(tgt.model, tgt.defense, access=ATTACK_ACCESS[name],
-                                     budget=query_budgets.get(name))
-            tag = f"{label}_{name}_s{seed}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_")
-            row = attack_and_score(setting, name, tgt.model, seed=seed, tag=tag, oracle=oracle)
-            append_rows(out, [{"defense_label": label, "defense": spec["name"],
-                               "defense_kind": DEFENSE_KIND[spec["name"]], "knob": tgt.defense.knob or "",
-                               "knob_value": tgt.defense.knob_value, "natural_acc": tgt.natural_acc,
-                               **{f"defense_{k}": v for k, v in tgt.extra.items()}, **row}])
-df = pd.read_csv(out / "results.csv")
+refs = {(label_of(spec), seed): TargetRef(target_arch, target_train, seed, defense_name=spec["name"],
+                                           defense_kwargs=spec.get("kwargs", {}))
+        for spec in defenses for seed in seeds}
+specs = {label_of(spec): spec for spec in defenses}
+pool.wait([pool.submit(build_target, ref) for ref in refs.values()])
+targets = {key: load_target(setting, ref) for key, ref in refs.items()}
+futures = {}
+for name in attack_order(attacks):
+    for (label, seed), ref in refs.items():
+        if (label, name, seed) in done:
+            continue
+        tgt, spec = targets[(label, seed)], specs[label]
+        job = pool.submit(attack_target, ref, name, seed=seed, tag=tag_of(label, name, seed), through_defense=True)
+        futures[job] = {"defense_label": label, "defense": spec["name"], "defense_kind": DEFENSE_KIND[spec["name"]],
+                        "knob": tgt.defense.knob or "", "knob_value": tgt.defense.knob_value,
+                        "natural_acc": tgt.natural_acc, **{f"defense_{k}": v for k, v in tgt.extra.items()}}
+for columns, row in pool.results(futures, desc="attacks", progress=progress):
+    append_rows(out, [{**columns, **row}])
+df = pd.read_csv(out / "results.csv").sort_values(KEY, ignore_index=True)
 df.tail()
 """),
+    SUMMARY,
     md("## Results: mean ± std over seeds"),
     code("""
 METRICS = ["natural_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid", "queries"]
@@ -375,8 +394,7 @@ for name in attacks:
     rows = {}
     for spec in defenses:
         label = label_of(spec)
-        tag = f"{label}_{name}_s{seeds[0]}".replace(" ", "").replace("(", "_").replace(")", "").replace(",", "_")
-        f = out / "reconstructions" / f"{tag}.safetensors"
+        f = out / "reconstructions" / f"{tag_of(label, name, seeds[0])}.safetensors"
         if f.exists():
             rec = load_file(str(f))
             rows[label] = (rec["images"], rec["labels"])
@@ -453,37 +471,43 @@ at_kwargs = {"steps": 5, "eval_steps": 20}  # further keyword arguments of adver
     SETUP,
     md("## Every (norm, epsilon) x seed x attack"),
     code("""
-from mibench_lib.artifacts import cached_defended_target
-from mibench_lib.defenses import robust_accuracy
+from mibench_lib.studies.jobs import target_robust_accuracy
 
 grid = [("none", 0.0)] + [(norm, float(e)) for norm, eps in eps_grid.items() for e in eps]
 KEY = ["norm", "eps", "attack", "seed"]
 done = completed_keys(out, KEY)
-for norm, eps in grid:
-    for seed in seeds:
-        if norm == "none":
-            tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train, defense_name="none",
-                                         seed=seed, device=dev, progress=progress)
-        else:
-            tgt = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
-                                         defense_name="adversarial_training",
-                                         defense_kwargs={"eps": eps, "norm": norm, **at_kwargs}, seed=seed,
-                                         device=dev, progress=progress)
-        todo = [name for name in attacks if (norm, eps, name, seed) not in done]
-        undefended_robust = float("nan")
-        if todo and norm != "none":  # the standard target's robust accuracy at the same radius
-            base = cached_defended_target(cache, split, arch=target_arch, train_cfg=target_train,
-                                          defense_name="none", seed=seed, device=dev, progress=progress)
-            undefended_robust = robust_accuracy(base.model, split.private_test, eps=eps, norm=norm,
-                                                steps=at_kwargs.get("eval_steps", 20), device=dev, seed=seed)
-        for name in tqdm(todo, desc=f"{norm} eps={eps}, seed {seed}", disable=not progress):
-            row = attack_and_score(setting, name, tgt.model, seed=seed, tag=f"{norm}_{eps:g}_{name}_s{seed}")
-            append_rows(out, [{"norm": norm, "eps": eps, "natural_acc": tgt.natural_acc,
-                               "robust_acc": tgt.extra.get("robust_acc", float("nan")),
-                               "undefended_robust_acc": undefended_robust, **row}])
-df = pd.read_csv(out / "results.csv")
+
+
+def ref_of(norm, eps, seed):
+    if norm == "none":
+        return TargetRef(target_arch, target_train, seed)
+    return TargetRef(target_arch, target_train, seed, defense_name="adversarial_training",
+                     defense_kwargs={"eps": eps, "norm": norm, **at_kwargs})
+
+
+refs = {(norm, eps, seed): ref_of(norm, eps, seed) for norm, eps in grid for seed in seeds}
+pool.wait([pool.submit(build_target, ref) for ref in refs.values()])
+targets = {key: load_target(setting, ref) for key, ref in refs.items()}
+# The standard target's PGD robust accuracy at each training radius, next to the robust model's.
+undefended = {(norm, eps, seed): pool.submit(target_robust_accuracy, refs[("none", 0.0, seed)], eps=eps, norm=norm,
+                                             steps=at_kwargs.get("eval_steps", 20), seed=seed)
+              for (norm, eps, seed) in refs if norm != "none"}
+futures = {}
+for name in attack_order(attacks):
+    for (norm, eps, seed), ref in refs.items():
+        if (norm, eps, name, seed) not in done:
+            job = pool.submit(attack_target, ref, name, seed=seed, tag=f"{norm}_{eps:g}_{name}_s{seed}")
+            futures[job] = (norm, eps, seed)
+for (norm, eps, seed), row in pool.results(futures, desc="attacks", progress=progress):
+    tgt = targets[(norm, eps, seed)]
+    robust = undefended.get((norm, eps, seed))
+    append_rows(out, [{"norm": norm, "eps": eps, "natural_acc": tgt.natural_acc,
+                       "robust_acc": tgt.extra.get("robust_acc", float("nan")),
+                       "undefended_robust_acc": robust.result() if robust else float("nan"), **row}])
+df = pd.read_csv(out / "results.csv").sort_values(KEY, ignore_index=True)
 df.tail()
 """),
+    SUMMARY,
     md("## Results: mean ± std over seeds"),
     code("""
 METRICS = ["natural_acc", "robust_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid"]

@@ -41,6 +41,7 @@ def evaluate_reconstructions(
     strict: bool = True,
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    reference_cache: dict[tuple[Any, ...], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Acc@1, Acc@5, delta_eval, delta_face, FID, precision, recall, density, coverage, target acc.
 
@@ -64,6 +65,10 @@ def evaluate_reconstructions(
             ``False``, record it as NaN and give the reason under ``unavailable``.
         batch_size: Images per forward pass.
         device: Where the models run (each is moved back afterwards); ``None`` keeps theirs.
+        reference_cache: A dict the caller keeps across calls that score against the same
+            ``private_train`` with the same, unchanged models: the private images' features are
+            computed once per model and set of classes instead of at every call (a study scores
+            hundreds of runs against one reference set).
 
     Returns:
         ``acc1``, ``acc5``, ``delta_eval``, ``fid``, ``precision``, ``recall``, ``density``,
@@ -105,7 +110,13 @@ def evaluate_reconstructions(
             raise MetricUnavailable(
                 f"private_train has no image of the attacked classes {labels.unique().tolist()}"
             )
-        real = extract_features(model, reference, name="private images", **options)
+        key = (id(model), tuple(labels.unique().tolist()), len(private_train))
+        if reference_cache is not None and key in reference_cache:
+            real = reference_cache[key]
+        else:
+            real = extract_features(model, reference, name="private images", **options)
+            if reference_cache is not None:
+                reference_cache[key] = real
         return real, extract_features(model, images, name="reconstructions", **options)
 
     evaluator_features = cache(lambda: features(evaluator))

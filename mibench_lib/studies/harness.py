@@ -11,7 +11,7 @@ they loop over what their study varies and call this.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +47,76 @@ FAMILY = {
 }
 
 
-@dataclass
 class StudySetting:
-    """The fixed pieces of one study configuration."""
+    """The fixed pieces of one study configuration, built lazily from their recipe.
 
-    split: MISplit
-    evaluator: TrainedClassifier
-    face: FeatureExtractor
-    prior: TrainedGAN
-    labels: Tensor
-    attack_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    query_budgets: Mapping[str, int] = field(default_factory=dict)
-    inception_weights: str | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    out_dir: Path | None = None
+    The evaluator, delta_face extractor and GAN prior are resolved through the artifact cache the
+    first time they are used, so a worker process that only runs MIFace never waits for the GAN,
+    and several processes that share the cache build each artifact once (see
+    :class:`~mibench_lib.studies.pool.StudyPool`). ``recipe`` holds the keyword arguments of
+    :func:`prepare_setting`: plain data that rebuilds the same setting in another process.
+    """
+
+    def __init__(self, recipe: Mapping[str, Any], split: MISplit, labels: Tensor) -> None:
+        self.recipe = dict(recipe)
+        self.split = split
+        self.labels = labels
+        self.cache: ArtifactCache = recipe["cache"]
+        self.attack_kwargs: Mapping[str, Mapping[str, Any]] = recipe["attack_kwargs"]
+        self.query_budgets: Mapping[str, int] = recipe["query_budgets"]
+        self.inception_weights: str | None = recipe["inception_weights"] or None
+        self.device = torch.device(recipe["device"])
+        self.out_dir: Path | None = Path(recipe["out_dir"]) if recipe["out_dir"] else None
+        self.progress: bool = recipe["progress"]
+        #: Private-image features per scoring model, shared by every :func:`score` call.
+        self.reference_cache: dict[tuple[Any, ...], Tensor] = {}
+        #: Targets loaded in this process, by :func:`~mibench_lib.studies.jobs.TargetRef` key.
+        self.targets: dict[str, Any] = {}
+
+    @cached_property
+    def evaluator(self) -> TrainedClassifier:
+        """The independent evaluation classifier (trained on the evaluator's data, cached)."""
+        r = self.recipe
+        return cached_evaluator(
+            self.cache,
+            self.split,
+            arch=r["evaluator_arch"],
+            train_cfg=r["evaluator_train"],
+            seed=r["model_seed"],
+            device=self.device,
+            progress=self.progress,
+        )
+
+    @cached_property
+    def face(self) -> FeatureExtractor:
+        """The second, independent feature extractor behind delta_face."""
+        r = self.recipe
+        return load_face_extractor(
+            self.cache,
+            self.split,
+            arch=r["face_arch"],
+            train_cfg=r["face_train"],
+            weights=r["face_weights"],
+            seed=r["model_seed"] + 1,
+            device=self.device,
+            progress=self.progress,
+        )
+
+    @cached_property
+    def prior(self) -> TrainedGAN:
+        """The GAN prior trained on the public images only."""
+        r, gan = self.recipe, self.recipe["gan"]
+        return cached_gan(
+            self.cache,
+            self.split.public,
+            latent_dim=gan["latent_dim"],
+            width=gan["width"],
+            critic_width=gan["critic_width"],
+            train_cfg=r["gan_train"],
+            seed=r["model_seed"],
+            device=self.device,
+            progress=self.progress,
+        )
 
 
 def prepare_setting(
@@ -82,15 +138,21 @@ def prepare_setting(
     attack_kwargs: Mapping[str, Mapping[str, Any]],
     query_budgets: Mapping[str, int],
     inception_weights: str,
-    device: torch.device,
-    out_dir: Path,
+    device: torch.device | str,
+    out_dir: Path | str | None,
     progress: bool = True,
+    eager: bool = True,
 ) -> StudySetting:
-    """Load the data and build (or load from the cache) evaluator, delta_face extractor and GAN.
+    """Load the data and describe (``eager``: also build or load) evaluator, extractor and GAN.
+
+    With ``eager=False`` nothing is trained here: each artifact is resolved on first use, which
+    lets a :class:`~mibench_lib.studies.pool.StudyPool` build them in its workers.
 
     Raises:
         ValueError: an unknown attack name, or a class outside the private classes.
     """
+    recipe = {k: v for k, v in locals().items() if k != "eager"}
+    recipe["device"] = str(device)
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; known: {sorted(ATTACKS)}")
@@ -102,49 +164,17 @@ def prepare_setting(
         )
     attack_classes = list(classes) or list(range(split.num_classes))
     labels = torch.tensor(attack_classes, dtype=torch.int64).repeat_interleave(samples_per_class)
-    evaluator = cached_evaluator(
-        cache,
-        split,
-        arch=evaluator_arch,
-        train_cfg=evaluator_train,
-        seed=model_seed,
-        device=device,
-        progress=progress,
-    )
-    face = load_face_extractor(
-        cache,
-        split,
-        arch=face_arch,
-        train_cfg=face_train,
-        weights=face_weights,
-        seed=model_seed + 1,
-        device=device,
-        progress=progress,
-    )
-    prior = cached_gan(
-        cache,
-        split.public,
-        latent_dim=gan["latent_dim"],
-        width=gan["width"],
-        critic_width=gan["critic_width"],
-        train_cfg=gan_train,
-        seed=model_seed,
-        device=device,
-        progress=progress,
-    )
-    (out_dir / "reconstructions").mkdir(parents=True, exist_ok=True)
-    return StudySetting(
-        split,
-        evaluator,
-        face,
-        prior,
-        labels,
-        attack_kwargs,
-        query_budgets,
-        inception_weights or None,
-        device,
-        out_dir,
-    )
+    if out_dir is not None:
+        (Path(out_dir) / "reconstructions").mkdir(parents=True, exist_ok=True)
+    setting = StudySetting(recipe, split, labels)
+    if eager:
+        for name in ARTIFACTS:
+            getattr(setting, name)
+    return setting
+
+
+#: The lazily built pieces of a :class:`StudySetting`, longest to build first.
+ARTIFACTS: tuple[str, ...] = ("prior", "evaluator", "face")
 
 
 def run_attack(
@@ -159,8 +189,11 @@ def run_attack(
         return random_latent_baseline(
             setting.prior.generator, setting.labels, rng=rng, truncation=1.0
         )
-    needs = {"generator": setting.prior.generator, "discriminator": setting.prior.discriminator}
-    kwargs = {k: needs[k] for k in ATTACK_NEEDS[name]}
+    needs = {
+        "generator": lambda: setting.prior.generator,
+        "discriminator": lambda: setting.prior.discriminator,
+    }
+    kwargs = {k: needs[k]() for k in ATTACK_NEEDS[name]}  # MIFace never waits for the GAN
     return ATTACKS[name](
         oracle, setting.labels, rng=rng, **kwargs, **setting.attack_kwargs.get(name, {})
     )
@@ -180,6 +213,7 @@ def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> 
         inception_weights=setting.inception_weights,
         device=setting.device,
         strict=False,
+        reference_cache=setting.reference_cache,
     )
     unavailable = scores.pop("unavailable", {})
     row = {
@@ -202,6 +236,7 @@ def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> 
             target=target,
             device=setting.device,
             strict=False,
+            reference_cache=setting.reference_cache,
         )
         row["acc1_selected"] = sel_scores["acc1"]
     if "found_start" in result.extras:  # BREP-MI: entries the target never labelled at the start

@@ -154,3 +154,32 @@ def test_bad_labels_raise_value_error(setting):
         evaluate_reconstructions(
             s["images"], s["labels"] - 1, evaluator=s["evaluator"], private_train=s["private"]
         )
+
+
+def test_reference_cache_computes_private_features_once_and_changes_nothing(setting, monkeypatch):
+    from mibench_lib.metrics import evaluate as evaluate_module
+
+    s = setting
+    seen = []
+    real_extract = evaluate_module.extract_features
+
+    def counting(model, images, *, name, **kw):
+        seen.append(name)
+        return real_extract(model, images, name=name, **kw)
+
+    monkeypatch.setattr(evaluate_module, "extract_features", counting)
+    kwargs = {"evaluator": s["evaluator"], "private_train": s["private"], "strict": False}
+    plain = evaluate_reconstructions(s["images"], s["labels"], **kwargs)
+    assert seen.count("private images") == 1
+    seen.clear()
+    memo: dict = {}
+    first = evaluate_reconstructions(s["images"], s["labels"], reference_cache=memo, **kwargs)
+    second = evaluate_reconstructions(s["images"], s["labels"], reference_cache=memo, **kwargs)
+    assert seen.count("private images") == 1 and seen.count("reconstructions") == 2
+    subset = evaluate_reconstructions(s["images"][:3], s["labels"][:3], reference_cache=memo, **kwargs)
+    assert seen.count("private images") == 1  # classes 0-2 again: same reference set
+    for key in ("delta_eval", "fid", "acc1"):
+        assert first[key] == second[key] == pytest.approx(plain[key]), key
+    assert subset["delta_eval"] == pytest.approx(
+        evaluate_reconstructions(s["images"][:3], s["labels"][:3], **kwargs)["delta_eval"]
+    )

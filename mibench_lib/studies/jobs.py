@@ -1,0 +1,191 @@
+"""The units of work a study hands to its :class:`~mibench_lib.studies.pool.StudyPool`.
+
+Each job is a module-level function ``job(setting, ...)`` whose arguments are plain data, so it
+runs the same in the notebook's process or in a worker process: it names the target it needs by a
+:class:`TargetRef` (a recipe, not a model), resolves it through the artifact cache, and returns a
+results row or a small summary. A job seeds everything it draws, so its row does not depend on
+which process ran it or in what order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mibench_lib.artifacts import (
+    DefendedTarget,
+    TargetCheckpoint,
+    cached_defended_target,
+    cached_target_checkpoints,
+)
+from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS
+from mibench_lib.defenses import defended_oracle, robust_accuracy
+from mibench_lib.studies.harness import ARTIFACTS, StudySetting, attack_and_score
+
+__all__ = [
+    "TargetRef",
+    "attack_order",
+    "attack_target",
+    "build_artifact",
+    "build_target",
+    "load_target",
+    "target_robust_accuracy",
+]
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """Which cached target a job works on: the recipe, never the weights.
+
+    With ``thresholds`` empty it is :func:`~mibench_lib.artifacts.cached_defended_target` of
+    ``defense_name`` (``"none"``: the plain recipe). With ``thresholds`` it is the checkpoint of
+    :func:`~mibench_lib.artifacts.cached_target_checkpoints` that first reached ``threshold``
+    (``threshold=None`` only builds the checkpoints).
+    """
+
+    arch: str
+    train_cfg: Mapping[str, Any]
+    seed: int
+    defense_name: str = "none"
+    defense_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    thresholds: Sequence[float] = ()
+    threshold: float | None = None
+
+    @property
+    def key(self) -> str:
+        """A stable identity (JSON of the fields)."""
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @property
+    def checkpoints_key(self) -> str:
+        """The identity of the training run: every threshold of it shares this key."""
+        return json.dumps({**asdict(self), "threshold": None}, sort_keys=True, default=str)
+
+
+def load_target(
+    setting: StudySetting, ref: TargetRef
+) -> DefendedTarget | list[TargetCheckpoint] | TargetCheckpoint:
+    """Build or load ``ref`` (memoised per process in ``setting.targets``).
+
+    Returns:
+        A :class:`DefendedTarget`; for a checkpoint reference, the :class:`TargetCheckpoint` of
+        ``threshold``, or the list of every reached checkpoint when ``threshold`` is None.
+
+    Raises:
+        KeyError: the training run never reached ``threshold``.
+    """
+    if ref.thresholds:
+        key = ref.checkpoints_key
+        if key not in setting.targets:
+            setting.targets[key] = cached_target_checkpoints(
+                setting.cache,
+                setting.split,
+                arch=ref.arch,
+                train_cfg=ref.train_cfg,
+                thresholds=ref.thresholds,
+                seed=ref.seed,
+                device=setting.device,
+                progress=setting.progress,
+            )
+        ckpts = setting.targets[key]
+        if ref.threshold is None:
+            return ckpts
+        for ck in ckpts:
+            if ck.threshold == float(ref.threshold):
+                return ck
+        raise KeyError(f"seed {ref.seed}: the target never reached threshold {ref.threshold}")
+    if ref.key not in setting.targets:
+        setting.targets[ref.key] = cached_defended_target(
+            setting.cache,
+            setting.split,
+            arch=ref.arch,
+            train_cfg=ref.train_cfg,
+            defense_name=ref.defense_name,
+            defense_kwargs=ref.defense_kwargs,
+            seed=ref.seed,
+            device=setting.device,
+            progress=setting.progress,
+        )
+    return setting.targets[ref.key]
+
+
+def build_artifact(setting: StudySetting, name: str) -> bool:
+    """Build (or load) one of the setting's :data:`~mibench_lib.studies.harness.ARTIFACTS`.
+
+    Returns:
+        Whether it came from the cache.
+    """
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown study artifact {name!r}; known: {list(ARTIFACTS)}")
+    artifact = getattr(setting, name)
+    return bool(getattr(artifact, "cache_hit", True))
+
+
+def build_target(setting: StudySetting, ref: TargetRef) -> None:
+    """Build (or load) a target so that later jobs and the notebook find it in the cache."""
+    load_target(setting, ref)
+
+
+def attack_target(
+    setting: StudySetting,
+    ref: TargetRef,
+    attack: str,
+    *,
+    seed: int,
+    tag: str,
+    through_defense: bool = False,
+) -> dict[str, Any]:
+    """Run ``attack`` (or the random-latent baseline) against ``ref``; return its results row.
+
+    Args:
+        setting: The study's fixed pieces.
+        ref: The target.
+        attack: Attack registry name or ``"random_latent"``.
+        seed: Seeds the attack.
+        tag: File stem of the saved reconstructions.
+        through_defense: Query the target through the oracle its defense deploys (output
+            processing, release caps; white-box access bypasses them by definition).
+    """
+    target = load_target(setting, ref)
+    oracle = None
+    if through_defense and isinstance(target, DefendedTarget) and attack in ATTACK_ACCESS:
+        oracle = defended_oracle(
+            target.model,
+            target.defense,
+            access=ATTACK_ACCESS[attack],
+            budget=setting.query_budgets.get(attack),
+        )
+    return attack_and_score(setting, attack, _model(target), seed=seed, tag=tag, oracle=oracle)
+
+
+def target_robust_accuracy(
+    setting: StudySetting, ref: TargetRef, *, eps: float, norm: str, steps: int, seed: int
+) -> float:
+    """PGD robust accuracy of ``ref`` on the private test set at radius ``eps``."""
+    return robust_accuracy(
+        _model(load_target(setting, ref)),
+        setting.split.private_test,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        device=setting.device,
+        seed=seed,
+    )
+
+
+def attack_order(attacks: Sequence[str]) -> list[str]:
+    """``attacks`` with those that need no GAN first (stable otherwise).
+
+    Submitted in this order, the prior-free attacks run while the GAN prior is still training.
+    """
+    return sorted(attacks, key=lambda name: "generator" in ATTACK_NEEDS.get(name, ("generator",)))
+
+
+def _model(target: DefendedTarget | TargetCheckpoint | list[TargetCheckpoint]) -> nn.Module:
+    if isinstance(target, list):
+        raise TypeError("a TargetRef with thresholds needs a threshold to name one model")
+    return target.model
