@@ -11,7 +11,7 @@ file. Loading recomputes the checksum: a truncated, edited or half-written file 
 :class:`CorruptArtifactError` and is never trusted. Nothing is ever unpickled: safetensors stores raw
 tensors and JSON only. Writes go to a temporary file first and are renamed into place, so an
 interrupted run never leaves a file that looks complete. Builds take a per-key file lock
-(``<key>.lock``), so processes that share a cache (parallel study workers, ``mibench run-all -j``)
+(``<root>/.locks/<kind>-<key>.lock``), so processes that share a cache (parallel study workers, ``mibench run-all -j``)
 build each artifact once: the others wait for it and load the result.
 """
 
@@ -187,9 +187,9 @@ class ArtifactCache:
         loaded = self._load_trusted(kind, config)
         if loaded is not None:
             return (*loaded, True)
-        wpath, _ = self.paths(kind, config)
-        wpath.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(wpath.with_suffix(".lock"))):
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / f"{kind}-{self.key(kind, config)}.lock")):
             loaded = self._load_trusted(kind, config)  # another process may have built it meanwhile
             if loaded is not None:
                 return (*loaded, True)

@@ -12,6 +12,7 @@ import pytest
 from mibench_lib.studies.params import load_parameters
 from mibench_lib.studies.runner import list_studies, run_config
 
+KEY_DEFENSES = ["defense_label", "attack", "seed"]
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CONFIGS = sorted((ROOT / "parameters").glob("*/*.yaml"))
@@ -79,9 +80,47 @@ def test_study_tiny_smoke(study, tmp_path):
         if {"none", "rounding"} <= set(gmi.index):
             assert gmi.loc["none", "acc1"] == gmi.loc["rounding", "acc1"]
             assert gmi.loc["none", "delta_eval"] == gmi.loc["rounding", "delta_eval"]
+            # computed once (the white-box attacker holds the same model), reported under both
+            reused = df[df["same_run_as"].notna()]
+            assert set(reused["defense"]) == {"rounding"}
+            assert set(reused["attack"]) == {"gmi", "miface"}  # BREP-MI sees rounded outputs
+            assert set(reused["same_run_as"]) == {"none"}
         dp = df[df["defense"] == "dp_sgd"]
         assert dp.empty or dp["defense_epsilon"].map(math.isfinite).all()
     if study == "adversarial_robustness":
         assert "fig_attack_vs_epsilon.png" in figures
         at = df[df["norm"] != "none"]
         assert at["robust_acc"].map(math.isfinite).all()
+
+
+@pytest.mark.notebook
+def test_reused_runs_equal_recomputed_runs(tmp_path):
+    """A run reported under a second output defense (same_run_as) is what recomputing it gives."""
+    params_file = ROOT / "parameters" / "defenses" / "tiny.yaml"
+    defenses = [
+        {"name": "none"},
+        {"name": "rounding", "kwargs": {"decimals": 1}},
+        {"name": "label_only"},
+    ]
+    frames = {}
+    for reuse in (True, False):
+        out = run_config(
+            params_file,
+            out_root=tmp_path / str(reuse),
+            overrides={
+                "cache_dir": str(tmp_path / "cache"),
+                "defenses": defenses,
+                "fisher": False,
+                "reuse_identical_runs": reuse,
+            },
+            progress=False,
+            timeout_s=600,
+        )
+        frames[reuse] = pd.read_csv(out / "results.csv").set_index(KEY_DEFENSES).sort_index()
+    reused, recomputed = frames[True], frames[False]
+    assert (
+        reused["same_run_as"].notna().sum() == 5
+    )  # gmi, miface x 2 defenses; brep_mi x label_only
+    assert "same_run_as" not in recomputed
+    metrics = ["acc1", "acc5", "delta_eval", "delta_face", "target_acc", "queries"]
+    pd.testing.assert_frame_equal(reused[metrics], recomputed[metrics])

@@ -18,6 +18,7 @@ from mibench_lib.defenses.label_smoothing import label_smoothing_defense, smooth
 from mibench_lib.defenses.mid import mid_defense
 from mibench_lib.defenses.output import (
     defended_oracle,
+    effective_access,
     gaussian_noise_defense,
     label_only_defense,
     rounding_defense,
@@ -71,6 +72,7 @@ __all__ = [
     "bido_defense",
     "defended_oracle",
     "dp_sgd_defense",
+    "effective_access",
     "gaussian_noise_defense",
     "label_only_defense",
     "label_smoothing_defense",

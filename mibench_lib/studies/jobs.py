@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -23,7 +23,7 @@ from mibench_lib.artifacts import (
     cached_target_checkpoints,
 )
 from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS
-from mibench_lib.defenses import defended_oracle, robust_accuracy
+from mibench_lib.defenses import defended_oracle, effective_access, robust_accuracy
 from mibench_lib.studies.harness import ARTIFACTS, StudySetting, attack_and_score
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "build_artifact",
     "build_target",
     "load_target",
+    "observation_key",
     "target_robust_accuracy",
 ]
 
@@ -174,6 +175,41 @@ def target_robust_accuracy(
         steps=steps,
         device=setting.device,
         seed=seed,
+    )
+
+
+def observation_key(ref: TargetRef, target: DefendedTarget, attack: str, *, seed: int) -> str:
+    """What the attacker of ``ref`` observes, as a key: equal keys mean the same computation.
+
+    An output-processing defense deploys the undefended weights and changes only what the oracle
+    releases, and a white-box attacker holds the model, so it bypasses that release entirely: GMI
+    with seed 0 against "rounding" is, operation for operation, GMI with seed 0 against the
+    undefended target (the oracle hands both the same model; a test checks the logits are
+    bit-identical). Likewise a label-only attack observes the same labels under a label-only
+    release. The key is built from the trained weights' recipe, the access level the oracle
+    actually answers at, the output filter it applies (if any) and the attack's seed, so a study
+    can run each distinct computation once and report it under every defense it stands for.
+    """
+    defense = target.defense
+    access = ATTACK_ACCESS.get(attack, "none")  # the random-latent baseline never queries
+    level = "none" if access == "none" else effective_access(access, defense.release)
+    weights = ref if defense.trains else replace(ref, defense_name="none", defense_kwargs={})
+    released: Any = None
+    if level not in ("none", "white-box"):
+        released = {
+            "postprocess": [defense.name, defense.config] if defense.postprocess else None,
+            "top_k": defense.top_k if defense.release == "top-k" else None,
+        }
+    return json.dumps(
+        {
+            "weights": weights.key,
+            "attack": attack,
+            "seed": seed,
+            "level": level,
+            "released": released,
+        },
+        sort_keys=True,
+        default=str,
     )
 
 

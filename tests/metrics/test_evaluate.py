@@ -176,7 +176,9 @@ def test_reference_cache_computes_private_features_once_and_changes_nothing(sett
     first = evaluate_reconstructions(s["images"], s["labels"], reference_cache=memo, **kwargs)
     second = evaluate_reconstructions(s["images"], s["labels"], reference_cache=memo, **kwargs)
     assert seen.count("private images") == 1 and seen.count("reconstructions") == 2
-    subset = evaluate_reconstructions(s["images"][:3], s["labels"][:3], reference_cache=memo, **kwargs)
+    subset = evaluate_reconstructions(
+        s["images"][:3], s["labels"][:3], reference_cache=memo, **kwargs
+    )
     assert seen.count("private images") == 1  # classes 0-2 again: same reference set
     for key in ("delta_eval", "fid", "acc1"):
         assert first[key] == second[key] == pytest.approx(plain[key]), key

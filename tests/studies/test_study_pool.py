@@ -55,7 +55,9 @@ def _run(pool, refs):
     pool.wait(pool.warm_up())
     pool.wait([pool.submit(build_target, ref) for ref in refs])
     futures = {
-        pool.submit(attack_target, ref, name, seed=ref.seed, tag=f"{name}_{i}", through_defense=True): (
+        pool.submit(
+            attack_target, ref, name, seed=ref.seed, tag=f"{name}_{i}", through_defense=True
+        ): (
             i,
             name,
         )
