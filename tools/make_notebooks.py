@@ -42,7 +42,7 @@ samples_per_class = 1  # label entries per class handed to each attack
 
 # Trained artifacts (cached by a hash of their configuration)
 device = "auto"  # "auto", "cpu" or "cuda"
-workers = 0  # processes running attacks and trainings side by side (0: one per CPU thread; 1: this one)
+workers = 0  # processes running attacks and trainings side by side (0: one per CPU thread, at most 8; 1: this one)
 cache_dir = ".mibench-cache"  # artifact cache folder
 model_seed = 0  # seeds the evaluator, the delta_face extractor and the GAN
 target_arch = "mnist_cnn"  # key of mibench_lib.models.MODELS

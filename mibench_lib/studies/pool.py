@@ -29,6 +29,9 @@ from mibench_lib.studies.harness import ARTIFACTS, StudySetting, prepare_setting
 
 __all__ = ["StudyPool", "default_workers"]
 
+#: Upper bound of the automatic worker count (an explicit ``workers`` may exceed it).
+MAX_AUTO_WORKERS = 8
+
 _SETTING: StudySetting | None = None  # the worker process's setting, built by _init_worker
 
 
@@ -37,6 +40,8 @@ def default_workers(device: torch.device | str, requested: int = 0) -> int:
 
     On an accelerator one process owns it (1). On the CPU ``torch.get_num_threads()`` honours
     ``OMP_NUM_THREADS``, so a notebook run by ``mibench run-all -j 2`` on 2 cores gets 1 worker.
+    The automatic choice stops at :data:`MAX_AUTO_WORKERS`: every worker loads its own copy of the
+    dataset, which for faces is gigabytes.
     """
     if requested < 0:
         raise ValueError(f"workers must be >= 0 (0: automatic), got {requested}")
@@ -44,7 +49,7 @@ def default_workers(device: torch.device | str, requested: int = 0) -> int:
         return requested
     if torch.device(device).type != "cpu":
         return 1
-    return max(1, torch.get_num_threads())
+    return max(1, min(torch.get_num_threads(), MAX_AUTO_WORKERS))
 
 
 def _init_worker(recipe: dict[str, Any], threads: int) -> None:

@@ -124,5 +124,8 @@ def test_default_workers(monkeypatch):
     assert default_workers("cpu") == 2
     assert default_workers("cpu", 3) == 3
     assert default_workers("cuda") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert default_workers("cpu") == 8  # each worker holds its own copy of the data
+    assert default_workers("cpu", 16) == 16
     with pytest.raises(ValueError, match="workers"):
         default_workers("cpu", -1)
