@@ -1,4 +1,4 @@
-"""Figures of the studies: trend plots with error bands and reconstruction grids.
+"""Figures of the studies: trends and privacy-utility curves with 95 % intervals, image grids.
 
 Every function draws on an ``ax`` (created when None) and returns it, so notebooks compose figures
 and save them through :func:`mibench_lib.studies.records.save_figure`.
@@ -18,6 +18,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mibench_lib.data._types import ImageSet
+from mibench_lib.stats import ACCURACY_METRICS, tidy_summary
+
+
+def _accuracy_axis(ax: Axes, metric: str, axis: str = "y") -> None:
+    """Fix an accuracy axis to [0, 1] so that a flat line never looks like a trend."""
+    if metric in ACCURACY_METRICS:
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(-0.02, 1.02)
 
 
 def plot_trend(
@@ -30,28 +37,108 @@ def plot_trend(
     xlabel: str | None = None,
     ylabel: str | None = None,
     title: str | None = None,
+    floors: Mapping[str, float] | None = None,
 ) -> Axes:
-    """Mean of ``y`` against ``x`` per ``hue`` with a +/- 1 std band over the remaining rows (seeds).
+    """Mean of ``y`` against ``x`` per ``hue``, each point with its 95 % interval as an error bar.
 
+    The intervals are those of :func:`mibench_lib.stats.tidy_summary` (two-stage bootstrap over
+    seeds and entries for accuracies, t over seeds otherwise). Accuracy axes span [0, 1].
     ``x`` is grouped as given (use a rounded or categorical column, e.g. the accuracy threshold).
+
+    Args:
+        floors: Label -> value of trivial reference points (e.g. a blank image's Acc@1), drawn as
+            dotted horizontal lines.
     """
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
-    sns.lineplot(
-        data=df,
-        x=x,
-        y=y,
-        hue=hue,
-        style=hue,
-        markers=True,
-        dashes=False,
-        errorbar="sd",
-        err_style="band",
-        ax=ax,
-    )
+    tidy = tidy_summary(df, [hue, x], [y])
+    palette = sns.color_palette(n_colors=max(1, tidy[hue].nunique()))
+    markers = "osD^vP*X"
+    for i, (name, grp) in enumerate(tidy.groupby(hue, sort=False)):
+        grp = grp.sort_values(x)
+        err = np.vstack([grp["mean"] - grp["ci_lo"], grp["ci_hi"] - grp["mean"]])
+        ax.errorbar(
+            grp[x],
+            grp["mean"],
+            yerr=np.nan_to_num(err),
+            label=str(name),
+            color=palette[i % len(palette)],
+            marker=markers[i % len(markers)],
+            capsize=3,
+        )
+    for j, (label, value) in enumerate((floors or {}).items()):
+        ax.axhline(value, color="0.4", ls=":", lw=1)
+        ax.annotate(
+            label,
+            (0.01, value),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="0.3",
+            va="bottom",
+            xytext=(0, 1 + 8 * (j % 2)),
+            textcoords="offset points",
+        )
+    _accuracy_axis(ax, y)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     if title:
         ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_privacy_utility(
+    df: pd.DataFrame,
+    *,
+    attack: str,
+    curve: str = "defense",
+    point: str = "defense_label",
+    x: str = "natural_acc",
+    y: str = "acc1",
+    ax: Axes | None = None,
+    floors: Mapping[str, float] | None = None,
+) -> Axes:
+    """The privacy-utility plane of one attack: one curve per defense across its knob values.
+
+    Every point is a (defense, knob value) condition: natural accuracy (x) against attack
+    success (y), each with its 95 % interval as an error bar. Points of one ``curve`` are joined
+    in order of their natural accuracy. Accuracy axes span [0, 1] on y; x is left to the data.
+    """
+    ax = ax or plt.subplots(figsize=(5.5, 4.3))[1]
+    sub = df[df["attack"] == attack]
+    tx = tidy_summary(sub, [curve, point], [x]).set_index([curve, point])
+    ty = tidy_summary(sub, [curve, point], [y]).set_index([curve, point])
+    palette = sns.color_palette(n_colors=max(1, sub[curve].nunique()))
+    markers = "osD^vP*X"
+    for i, name in enumerate(sorted(sub[curve].unique())):
+        px, py = tx.loc[name].sort_values("mean"), ty.loc[name]
+        py = py.loc[px.index]
+        xerr = np.nan_to_num(np.vstack([px["mean"] - px["ci_lo"], px["ci_hi"] - px["mean"]]))
+        yerr = np.nan_to_num(np.vstack([py["mean"] - py["ci_lo"], py["ci_hi"] - py["mean"]]))
+        ax.errorbar(
+            px["mean"],
+            py["mean"],
+            xerr=xerr,
+            yerr=yerr,
+            label=str(name),
+            color=palette[i % len(palette)],
+            marker=markers[i % len(markers)],
+            capsize=2,
+        )
+    for label, value in (floors or {}).items():
+        ax.axhline(value, color="0.4", ls=":", lw=1)
+        ax.annotate(
+            label,
+            (0.01, value),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="0.3",
+            va="bottom",
+        )
+    _accuracy_axis(ax, y)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(attack)
     ax.grid(alpha=0.3)
     return ax
 

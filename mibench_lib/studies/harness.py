@@ -28,13 +28,20 @@ from mibench_lib.artifacts import (
     load_face_extractor,
 )
 from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, ATTACKS, InversionResult
-from mibench_lib.baselines import random_latent_baseline
+from mibench_lib.baselines import (
+    blank_image_baseline,
+    mean_public_baseline,
+    random_latent_baseline,
+)
 from mibench_lib.cache import ArtifactCache
 from mibench_lib.data import MISplit, load_dataset
 from mibench_lib.metrics import evaluate_reconstructions
-from mibench_lib.oracle import TargetOracle
+from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
 
 BASELINE = "random_latent"
+#: Reference points scored like attacks, without a query: random latents through the GAN prior,
+#: an all-black image and the mean public image (the trivial floors of every accuracy).
+BASELINES: tuple[str, ...] = (BASELINE, "blank_image", "mean_public")
 
 #: Threat-model family of each access level, for tables that separate them.
 FAMILY = {
@@ -177,23 +184,46 @@ def prepare_setting(
 ARTIFACTS: tuple[str, ...] = ("prior", "evaluator", "face")
 
 
-def run_attack(
-    setting: StudySetting, name: str, oracle: TargetOracle | None, *, seed: int
-) -> InversionResult:
-    """Run attack ``name`` (or the random-latent baseline, which takes no oracle) with seed ``seed``."""
-    rng = torch.Generator().manual_seed(seed)
-    torch.manual_seed(
-        seed
-    )  # stochastic targets (MID samples at inference) draw from the global RNG
-    if name == BASELINE:
-        return random_latent_baseline(
-            setting.prior.generator, setting.labels, rng=rng, truncation=1.0
-        )
-    needs = {
+def mean_public_image(split: MISplit, *, chunk: int = 4096) -> Tensor:
+    """Mean of the public images, (C, H, W) in [0, 1], computed in chunks (large face sets)."""
+    data = split.public.data
+    total = torch.zeros(data.shape[1:], dtype=torch.float64)
+    for start in range(0, data.shape[0], chunk):
+        block = data[start : start + chunk].double()
+        total += block.sum(0) / (255.0 if data.dtype == torch.uint8 else 1.0)
+    return (total / max(1, data.shape[0])).float()
+
+
+def _needs(setting: StudySetting, name: str) -> dict[str, Any]:
+    """The public artifacts attack ``name`` takes as keyword arguments, built or loaded now."""
+    if name in BASELINES:
+        return {"generator": setting.prior.generator} if name == BASELINE else {}
+    available = {
         "generator": lambda: setting.prior.generator,
         "discriminator": lambda: setting.prior.discriminator,
     }
-    kwargs = {k: needs[k]() for k in ATTACK_NEEDS[name]}  # MIFace never waits for the GAN
+    return {k: available[k]() for k in ATTACK_NEEDS[name]}  # MIFace never waits for the GAN
+
+
+def run_attack(
+    setting: StudySetting, name: str, oracle: TargetOracle | None, *, seed: int
+) -> InversionResult:
+    """Run attack ``name`` (or a baseline of :data:`BASELINES`, which take no oracle) with ``seed``.
+
+    Every artifact the run uses is built or loaded *before* the seed is set: building one draws
+    its initialisation from the global generator, so a lazily built GAN would otherwise shift the
+    draws of a stochastic target (MID samples at inference) depending on whether this process had
+    already loaded it.
+    """
+    kwargs = _needs(setting, name)
+    rng = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # stochastic targets (MID samples at inference) draw from it
+    if name == BASELINE:
+        return random_latent_baseline(kwargs["generator"], setting.labels, rng=rng, truncation=1.0)
+    if name == "blank_image":
+        return blank_image_baseline(setting.labels, shape=setting.split.image_shape)
+    if name == "mean_public":
+        return mean_public_baseline(mean_public_image(setting.split)[None], setting.labels)
     return ATTACKS[name](
         oracle, setting.labels, rng=rng, **kwargs, **setting.attack_kwargs.get(name, {})
     )
@@ -264,7 +294,7 @@ def attack_and_score(
         oracle: A prepared oracle (e.g. behind an output defense); default: a plain oracle at the
             attack's access level with its query budget.
     """
-    if name == BASELINE:
+    if name in BASELINES:
         access, oracle = "none", None
     else:
         if oracle is None:
@@ -272,14 +302,21 @@ def attack_and_score(
                 target, access=ATTACK_ACCESS[name], budget=setting.query_budgets.get(name)
             )
         access = oracle.access
-    result = run_attack(setting, name, oracle, seed=seed)
-    row = {
-        "attack": name,
-        "seed": seed,
-        "access": access,
-        "family": FAMILY[access],
-        **score(setting, result, target),
-    }
+    # Scoring models are resolved before the run is seeded (see run_attack).
+    _ = (setting.evaluator, setting.face)
+    head = {"attack": name, "seed": seed, "access": access, "family": FAMILY[access]}
+    try:
+        result = run_attack(setting, name, oracle, seed=seed)
+    except QueryBudgetExceeded as err:
+        # The budget is part of the threat model: running out is a result of this run, not a
+        # failure of the study. Nothing was reconstructed, so every metric is missing.
+        return {
+            **head,
+            "budget_exhausted": True,
+            "queries": oracle.queries if oracle is not None else 0,
+            "unavailable": f"query budget exhausted: {err}",
+        }
+    row = {**head, **score(setting, result, target), "budget_exhausted": False}
     if setting.out_dir is not None:
         save_file(
             {"images": result.images.contiguous(), "labels": result.labels.contiguous()},

@@ -24,7 +24,7 @@ from mibench_lib.artifacts import (
 )
 from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS
 from mibench_lib.defenses import defended_oracle, effective_access, robust_accuracy
-from mibench_lib.studies.harness import ARTIFACTS, StudySetting, attack_and_score
+from mibench_lib.studies.harness import ARTIFACTS, BASELINE, StudySetting, attack_and_score
 
 __all__ = [
     "TargetRef",
@@ -145,7 +145,7 @@ def attack_target(
     Args:
         setting: The study's fixed pieces.
         ref: The target.
-        attack: Attack registry name or ``"random_latent"``.
+        attack: Attack registry name or one of :data:`~mibench_lib.studies.harness.BASELINES`.
         seed: Seeds the attack.
         tag: File stem of the saved reconstructions.
         through_defense: Query the target through the oracle its defense deploys (output
@@ -218,7 +218,8 @@ def attack_order(attacks: Sequence[str]) -> list[str]:
 
     Submitted in this order, the prior-free attacks run while the GAN prior is still training.
     """
-    return sorted(attacks, key=lambda name: "generator" in ATTACK_NEEDS.get(name, ("generator",)))
+    needs = {**ATTACK_NEEDS, "blank_image": (), "mean_public": (), BASELINE: ("generator",)}
+    return sorted(attacks, key=lambda name: "generator" in needs.get(name, ("generator",)))
 
 
 def _model(target: DefendedTarget | TargetCheckpoint | list[TargetCheckpoint]) -> nn.Module:
