@@ -5,7 +5,9 @@ Algorithm. A label-only attacker sees only the target's predicted class. It walk
 space of a public GAN, away from the decision boundary of the target class ``y``:
 
 1. Start point: draw ``z ~ N(0, I)`` clamped to ``[-point_clamp, point_clamp]`` in batches and keep,
-   for each label, a draw that the target already labels ``y``.
+   for each label, a draw that the target already labels ``y``. The official code keeps drawing
+   until every label has one; here the search gives up after ``max_init_batches`` batches
+   (see ``missing_start``).
 2. Each iteration, with the sphere radius ``R`` at its current value:
    a. step size ``min(R / 3, 3)``;
    b. ``sphere_points`` points ``z + R u_k`` with ``u_k`` uniform on the unit sphere (normalised
@@ -34,6 +36,9 @@ Deviations from the official code (``brep_mi.py`` of the authors' repository), a
 - At a radius increase whose step is rejected, the official snapshot (and its success flag) keeps
   the value of the previous increase; here the snapshot is the kept point, which the target also
   labels ``y``.
+- The start-point search is capped at ``max_init_batches`` batches (the official loop runs
+  until it succeeds, which never ends for a label the target never predicts); entries still
+  without a start then raise or, with ``missing_start="random"``, are recorded as failures.
 - All labels are attacked in one batch, each with its own radius, stale counter and stop flag;
   finished labels are never queried again. Repeated labels get distinct start points (the official
   code attacks each class once).
@@ -46,7 +51,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mibench_lib._checks import check_labels
@@ -58,10 +62,36 @@ from mibench_lib.oracle import TargetOracle
 __all__ = ["brep_mi_attack"]
 
 
-def _predicted_labels(oracle: TargetOracle, generator: Generator, z: Tensor) -> Tensor:
-    """Target labels of ``G(z)``: (M,) int64. Only the argmax of any released output is used."""
+def _predicted_labels(
+    oracle: TargetOracle, generator: Generator, z: Tensor, chunk: int | None = None
+) -> Tensor:
+    """Target labels of ``G(z)``: (M,) int64. Only the argmax of any released output is used.
+
+    With ``chunk``, at most that many images are generated and sent per oracle call; each image
+    is still one query, and in eval mode every image's label is independent of its batch.
+    """
+    if chunk is not None and z.shape[0] > chunk:
+        return torch.cat([_predicted_labels(oracle, generator, part) for part in z.split(chunk)])
     out = oracle(generator(z))
     return out if out.ndim == 1 else out.argmax(dim=1)
+
+
+def _occurrence_rank(values: Tensor) -> Tensor:
+    """For each element, the number of earlier elements with the same value: (n,) int64.
+
+    Sort-based, O(n log n) time and O(n) memory whatever the number of distinct values (a one-hot
+    cumsum would need n x num_classes).
+
+    Example:
+        >>> _occurrence_rank(torch.tensor([4, 1, 4, 4, 1, 0])).tolist()
+        [0, 0, 1, 2, 1, 0]
+    """
+    order = torch.sort(values, stable=True).indices
+    ordered = values[order]
+    first = torch.searchsorted(ordered, ordered)  # first sorted position of each value
+    rank = torch.empty_like(values)
+    rank[order] = torch.arange(values.numel(), device=values.device) - first
+    return rank
 
 
 def _initial_points(
@@ -74,44 +104,51 @@ def _initial_points(
     point_clamp: float,
     rng: torch.Generator | None,
     missing_start: str = "raise",
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One start latent per label entry that the target labels as that entry's label.
 
     Draws batches of clamped Gaussian latents; within a batch, the k-th draw labelled ``c`` goes to
-    the k-th still-open entry with label ``c``, so repeated labels get distinct draws.
+    the k-th still-open entry with label ``c``, so repeated labels get distinct draws. Memory is
+    O(entries + batch) per batch, independent of the number of classes.
 
     Returns:
         ``(start, found)``: (N, latent_dim) latents and an (N,) bool mask of entries that got a
-        start point, both on the CPU. With ``missing_start="random"``, an entry without a hit keeps
-        a random latent of the last batch (the attack then leaves it where it is).
+        start point, both on the CPU. With ``missing_start="random"``, each entry without a hit
+        gets its own fresh clamped Gaussian latent, drawn from ``rng`` after the search and never
+        queried (the attack then leaves it where it is).
 
     Raises:
         ValueError: some labels got no hit in ``max_batches`` batches and ``missing_start`` is
             ``"raise"``; the message names them.
     """
-    device, k = oracle.device, oracle.num_classes
+    device = oracle.device
     labels = labels.cpu()  # bookkeeping on the CPU; only the latents travel to the device
     n, dim = labels.numel(), generator.latent_dim
     start = torch.zeros(n, dim)
     filled = torch.zeros(n, dtype=torch.bool)
     for _ in range(max_batches):
         cand = torch.randn(batch, dim, generator=rng).clamp(-point_clamp, point_clamp)
-        pred = _predicted_labels(oracle, generator, cand.to(device)).cpu()
-        # rank of each draw among the earlier draws of this batch with the same predicted label
-        cand_rank = (F.one_hot(pred, k).cumsum(0) - 1).gather(1, pred[:, None]).squeeze(1)
+        pred = _predicted_labels(oracle, generator, cand.to(device), chunk).cpu()
+        # join open entries to draws on (label, occurrence rank); a draw's key is unique because
+        # its rank is < batch
+        cand_key = pred * batch + _occurrence_rank(pred)
+        cand_key, cand_order = cand_key.sort()
         open_idx = (~filled).nonzero().squeeze(1)
         want = labels[open_idx]
-        want_rank = (F.one_hot(want, k).cumsum(0) - 1).gather(1, want[:, None]).squeeze(1)
-        match = (want[:, None] == pred[None, :]) & (want_rank[:, None] == cand_rank[None, :])
-        hit = match.any(dim=1)
-        start[open_idx[hit]] = cand[match[hit].float().argmax(dim=1)]
+        want_rank = _occurrence_rank(want)
+        want_key = want * batch + want_rank
+        pos = torch.searchsorted(cand_key, want_key).clamp(max=batch - 1)
+        hit = (want_rank < batch) & (cand_key[pos] == want_key)
+        start[open_idx[hit]] = cand[cand_order[pos[hit]]]
         filled[open_idx[hit]] = True
         if filled.all():
             return start, filled
-    missing = sorted(set(labels[~filled].tolist()))
     if missing_start == "random":
-        start[~filled] = cand[: int((~filled).sum())]
+        fresh = torch.randn(int((~filled).sum()), dim, generator=rng)
+        start[~filled] = fresh.clamp(-point_clamp, point_clamp)
         return start, filled
+    missing = sorted(set(labels[~filled].tolist()))
     raise ValueError(
         f"brep_mi_attack found no start point for labels {missing}: the target never predicted "
         f"them on {max_batches} batches of {batch} random latents (raise max_init_batches, "
@@ -148,12 +185,14 @@ def _iteration(
     point_clamp: float,
     repulsion_only: bool,
     rng: torch.Generator | None,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One BREP-MI iteration for A running labels at once (``sphere_points + 1`` queries each).
 
     Args:
         z: (A, d) current points, each labelled ``y`` by the target. y: (A,) labels.
         radius: (A,) current sphere radii.
+        chunk: At most this many images per generator/oracle call (None: one call each).
 
     Returns:
         ``(z, radius, grew, accepted, outside)``: the new points (old point where the step was
@@ -163,7 +202,7 @@ def _iteration(
     a, dim = z.shape
     step = (radius / 3).clamp(max=3.0)
     points, offsets = _sphere(z, radius, sphere_points, rng)
-    inside = _predicted_labels(oracle, generator, points.reshape(a * sphere_points, dim))
+    inside = _predicted_labels(oracle, generator, points.reshape(a * sphere_points, dim), chunk)
     inside = inside.view(a, sphere_points) == y[:, None]
     score = inside.to(z.dtype) * 2 - 1  # +1 inside class y, -1 outside
     grew = score.sum(dim=1) > 0.75 * sphere_points
@@ -171,7 +210,7 @@ def _iteration(
     weight = (score - 1) / 2 if repulsion_only else score
     direction = (weight[:, :, None] * offsets).mean(dim=1) / radius[:, None]
     candidate = (z + step[:, None] * direction).clamp(-point_clamp, point_clamp)
-    accepted = _predicted_labels(oracle, generator, candidate) == y
+    accepted = _predicted_labels(oracle, generator, candidate, chunk) == y
     z = torch.where(accepted[:, None], candidate, z)
     return z, radius, grew, accepted, 1.0 - inside.to(z.dtype).mean(dim=1)
 
@@ -192,6 +231,7 @@ def brep_mi_attack(
     max_init_batches: int = 100,
     repulsion_only: bool = True,
     missing_start: str = "raise",
+    query_batch: int | None = 4096,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
@@ -224,10 +264,18 @@ def brep_mi_attack(
         max_init_batches: Start-point batches tried before giving up.
         repulsion_only: Official ``True``: only outside points push. ``False`` also lets inside
             points pull.
-        missing_start: What to do when the target never predicts some label on the random
-            start-point batches: ``"raise"`` (the official code asserts), or ``"random"``: keep a
-            random latent for those entries, do not attack them (no further queries) and mark
-            them in ``extras["found_start"]``, so a study scores them as the failures they are.
+        missing_start: What to do when the target never predicts some label on the
+            ``max_init_batches`` start-point batches. The official code has no cap: it draws
+            batches until every label has a start point, however long that takes. ``"raise"``
+            stops with a ValueError naming the labels; ``"random"`` gives each such entry its own
+            fresh clamped Gaussian latent (drawn from ``rng`` after the search, never queried),
+            does not attack it (no further queries) and marks it ``False`` in
+            ``extras["found_start"]``, so a study scores it as the failure it is.
+        query_batch: At most this many images are generated and sent to the oracle per call
+            (start-point batches, sphere points of all running labels, the final images); None
+            sends each batch whole. Only memory changes: the queries, their count and (in eval
+            mode) the answers are the same. A CelebA run of 5000 entries asks for 160,000 sphere
+            images per iteration, which no GPU holds at once through a VGG16.
         rng: CPU generator for start points and sphere directions (moved to the oracle's device).
         on_step: Progress hook ``on_step(iteration, max_iters or 0, info)``, called every 10
             iterations and at the last one, with the number of running labels, their mean radius
@@ -245,7 +293,9 @@ def brep_mi_attack(
         - ``"iterations"``: (N,) iterations each label ran;
         - ``"start_latents"``: (N, latent_dim) start points;
         - ``"last_latents"``: (N, latent_dim) last iterates (not the output);
-        - ``"init_queries"``: queries spent on the start-point search.
+        - ``"init_queries"``: queries spent on the start-point search;
+        - ``"found_start"``: (N,) bool, False for entries that got no start point (only with
+          ``missing_start="random"``; they are never attacked and keep ``iterations`` 0).
 
     Raises:
         ValueError: bad labels or parameters, or no start point found for some labels (named).
@@ -279,6 +329,8 @@ def brep_mi_attack(
         raise ValueError(f"max_iters must be >= 0 or None, got {max_iters}")
     if missing_start not in ("raise", "random"):
         raise ValueError(f"missing_start must be 'raise' or 'random', got {missing_start!r}")
+    if query_batch is not None and query_batch < 1:
+        raise ValueError(f"query_batch must be >= 1 or None, got {query_batch}")
     if init_batch < 1 or max_init_batches < 1:
         raise ValueError(
             f"init_batch and max_init_batches must be >= 1, got {init_batch} and {max_init_batches}"
@@ -300,6 +352,7 @@ def brep_mi_attack(
             point_clamp=point_clamp,
             rng=rng,
             missing_start=missing_start,
+            chunk=query_batch,
         )
         init_queries = oracle.queries - start_queries
         z = start.to(device, copy=True)
@@ -325,6 +378,7 @@ def brep_mi_attack(
                 point_clamp=point_clamp,
                 repulsion_only=repulsion_only,
                 rng=rng,
+                chunk=query_batch,
             )
             z[idx], radius[idx] = z_a, r_a
             snapshot[idx[grew]] = z_a[grew]
@@ -350,7 +404,8 @@ def brep_mi_attack(
                     },
                 )
 
-        images = generator(snapshot)
+        parts = snapshot.split(query_batch) if query_batch is not None else (snapshot,)
+        images = torch.cat([generator(part) for part in parts])
 
     return InversionResult(
         attack="brep_mi",

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mibench_lib.attacks import brep_mi_attack
-from mibench_lib.attacks.brep_mi import _iteration, _sphere
+from mibench_lib.attacks.brep_mi import _initial_points, _iteration, _sphere
 from mibench_lib.models.base import Classifier
 from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
 from mibench_lib.testing import tiny_classifier, tiny_generator
@@ -392,3 +392,129 @@ def test_max_radius_stops_unbounded_growth():
     torch.testing.assert_close(res.extras["radius"], torch.full((2,), 3.38))
     with pytest.raises(ValueError, match="max_radius"):
         brep_mi_attack(oracle, torch.tensor([1]), generator=tiny_generator(), max_radius=1.0)
+
+
+# -- start-point search: more unfilled entries than one batch, thousands of classes ----------------
+def test_missing_start_random_gives_each_unfilled_entry_its_own_latent():
+    # the target only ever predicts class 1: entries 0 and 3 get hits, the 10 others never do,
+    # which is more than one 4-row search batch holds (this crashed with a RuntimeError)
+    labels = torch.tensor([1, 0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10])
+    gen = tiny_generator()
+    oracle = TargetOracle(ConstantTarget(label=1, num_classes=12), access="label")
+    res = brep_mi_attack(
+        oracle,
+        labels,
+        generator=gen,
+        init_batch=4,
+        max_init_batches=2,
+        max_iters=2,
+        missing_start="random",
+        rng=_rng(0),
+    )
+    found = labels == 1
+    assert res.extras["found_start"].tolist() == found.tolist()
+    assert res.images.shape == (12, 1, 8, 8) and res.latents.shape == (12, 8)
+    starts = res.extras["start_latents"]
+    assert starts.shape == (12, 8) and float(starts.abs().max()) <= 1.5
+    # exact by construction: two search batches of 4, then one fresh draw per unfilled entry
+    g = _rng(0)
+    first = torch.randn(4, 8, generator=g).clamp(-1.5, 1.5)
+    torch.randn(4, 8, generator=g)  # the second, fruitless batch
+    fresh = torch.randn(10, 8, generator=g).clamp(-1.5, 1.5)
+    torch.testing.assert_close(starts[found], first[:2], rtol=0, atol=0)
+    torch.testing.assert_close(starts[~found], fresh, rtol=0, atol=0)
+    assert torch.unique(starts, dim=0).shape[0] == 12  # every entry has its own latent
+    # unfilled entries are never attacked: no iterations, output = their start latent
+    assert res.extras["iterations"].tolist() == [2 if f else 0 for f in found.tolist()]
+    torch.testing.assert_close(res.latents[~found], fresh, rtol=0, atol=0)
+    assert res.queries == 2 * 4 + 2 * 33 * 2
+
+
+class _ScaleOracle:
+    """Label oracle with many classes that answers a fixed script of labels, batch by batch."""
+
+    device = torch.device("cpu")
+    input_shape = (1, 8, 8)
+
+    def __init__(self, num_classes: int, script: Tensor) -> None:
+        self.num_classes = num_classes
+        self.script = script
+        self.offset = 0
+
+    def __call__(self, images: Tensor) -> Tensor:
+        out = self.script[self.offset : self.offset + images.shape[0]]
+        self.offset += images.shape[0]
+        return out
+
+
+def test_start_point_search_at_scale_matches_reference():
+    # 3000 classes, 6000 entries (each class twice, shuffled), batches of 2048 draws: the
+    # sort-based join must give the k-th draw labelled c to the k-th open entry with label c
+    k, batch, batches = 3000, 2048, 4
+    g = _rng(0)
+    labels = torch.arange(k).repeat(2)[torch.randperm(2 * k, generator=g)]
+    script = torch.randint(0, k, (batch * batches,), generator=g)
+    owner = torch.full((2 * k,), -1)  # index of the draw each entry receives
+    for b in range(batches):
+        open_by_label: dict[int, list[int]] = {}  # entries still open when the batch starts
+        for i in (owner < 0).nonzero().flatten().tolist():
+            open_by_label.setdefault(int(labels[i]), []).append(i)
+        seen: dict[int, int] = {}
+        for j in range(batch):
+            c = int(script[b * batch + j])
+            rank = seen.get(c, 0)
+            seen[c] = rank + 1
+            if rank < len(open_by_label.get(c, [])):
+                owner[open_by_label[c][rank]] = b * batch + j
+        if b == 0:
+            first_batch_hits = int((owner >= 0).sum())
+    found_expected = owner >= 0
+    assert 0 < first_batch_hits < int(found_expected.sum()) < 2 * k  # a partial search
+    start, found = _initial_points(
+        _ScaleOracle(k, script),
+        tiny_generator(),
+        labels,
+        batch=batch,
+        max_batches=batches,
+        point_clamp=1.5,
+        rng=_rng(1),
+        missing_start="random",
+        chunk=1000,
+    )
+    draws = torch.randn(batch * batches, 8, generator=_rng(1)).clamp(-1.5, 1.5)
+    assert found.tolist() == found_expected.tolist()
+    torch.testing.assert_close(start[found], draws[owner[found]], rtol=0, atol=0)
+    assert torch.unique(start, dim=0).shape[0] == 2 * k
+
+
+def test_query_batch_changes_memory_only(digits_target, digits_generator):
+    sizes: list[int] = []
+    hook = digits_target.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+
+    def run(query_batch):
+        sizes.clear()
+        return brep_mi_attack(
+            TargetOracle(digits_target, access="label"),
+            torch.tensor([0, 1, 2, 3]),
+            generator=digits_generator,
+            initial_radius=1.0,
+            max_iters=5,
+            query_batch=query_batch,
+            rng=_rng(0),
+        ), list(sizes)
+
+    try:
+        whole, whole_sizes = run(None)
+        split, split_sizes = run(50)
+    finally:
+        hook.remove()
+    assert max(whole_sizes) == 256 and max(split_sizes) == 50
+    assert sum(whole_sizes) == sum(split_sizes) == whole.queries == split.queries
+    assert torch.equal(whole.images, split.images) and torch.equal(whole.latents, split.latents)
+    with pytest.raises(ValueError, match="query_batch"):
+        brep_mi_attack(
+            TargetOracle(digits_target, access="label"),
+            torch.tensor([0]),
+            generator=digits_generator,
+            query_batch=0,
+        )
