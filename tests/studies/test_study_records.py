@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
 from mibench_lib.studies.records import (
+    TornRowWarning,
     append_rows,
     completed_keys,
     mean_std_table,
+    repair_torn_tail,
     save_figure,
     save_table,
 )
@@ -110,3 +114,80 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     assert pdf.read_bytes()[:5] == b"%PDF-"
     with pytest.raises(ValueError, match="plain file-name part"):
         save_figure(fig, tmp_path, "../escape")
+
+
+# ----------------------------------------------------------------------------- torn rows
+
+HEADER = "attack,seed,acc\n"
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "gmi,1,0.2",  # the last field cut short, no newline
+        "gmi,1",  # fields missing, no newline
+        "gmi,1\n",  # fields missing, newline already written
+        "gm",  # cut inside the first field
+        'gmi,1,"0.',  # cut inside a quoted field
+        'gmi,1,"a\n',  # cut after a newline inside a quoted field
+    ],
+)
+def test_torn_last_row_is_dropped_and_computed_again(tmp_path, tail):
+    path = tmp_path / "results.csv"
+    path.write_text(HEADER + "gmi,0,0.5\n" + tail)
+    with pytest.warns(TornRowWarning, match=r"results\.csv: dropped the torn line 3"):
+        done = completed_keys(tmp_path, ["attack", "seed"])
+    assert done == {("gmi", 0)}  # the torn row is not done...
+    assert path.read_text() == HEADER + "gmi,0,0.5\n"  # ...and is gone from the file
+    append_rows(tmp_path, [{"attack": "gmi", "seed": 1, "acc": 0.25}])  # recomputed once
+    assert path.read_text() == HEADER + "gmi,0,0.5\ngmi,1,0.25\n"
+    assert completed_keys(tmp_path, ["attack", "seed"]) == {("gmi", 0), ("gmi", 1)}
+
+
+def test_append_rows_drops_a_torn_row_before_appending(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text(HEADER + "gmi,0,0.5\ngmi,1,0.")  # killed while writing seed 1
+    with pytest.warns(TornRowWarning):
+        append_rows(tmp_path, [{"attack": "gmi", "seed": 1, "acc": 0.25}])
+    # Without the repair the new row would glue onto the torn one: "gmi,1,0.gmi,1,0.25".
+    assert path.read_text().splitlines() == ["attack,seed,acc", "gmi,0,0.5", "gmi,1,0.25"]
+    assert not (tmp_path / "results.csv.tmp").exists()
+
+
+def test_torn_row_with_a_multibyte_character_cut_in_half(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_bytes((HEADER + "gmi,0,é\n").encode() + "gmi,1,é".encode()[:-1])
+    with pytest.warns(TornRowWarning):
+        assert completed_keys(tmp_path, ["attack", "seed"]) == {("gmi", 0)}
+    assert path.read_text(encoding="utf-8") == HEADER + "gmi,0,é\n"
+
+
+def test_torn_header_leaves_an_empty_file(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("attack,se")
+    with pytest.warns(TornRowWarning):
+        assert completed_keys(tmp_path, ["attack", "seed"]) == set()
+    append_rows(tmp_path, [{"attack": "gmi", "seed": 0}])
+    assert path.read_text() == "attack,seed\ngmi,0\n"
+
+
+def test_intact_file_is_left_alone(tmp_path):
+    path = append_rows(tmp_path, [{"attack": "gmi", "seed": 0, "note": "a,b\nc"}])
+    before = path.read_bytes()
+    mtime = path.stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TornRowWarning
+        assert repair_torn_tail(path) == 0
+        assert completed_keys(tmp_path, ["attack", "seed"]) == {("gmi", 0)}
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    assert repair_torn_tail(tmp_path / "absent.csv") == 0
+
+
+def test_malformed_line_before_the_last_is_an_error(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text(HEADER + "gmi,0\ngmi,1,0.5\n")
+    with pytest.raises(
+        ValueError, match=r"results\.csv: line 2 has 2 fields where the header has 3"
+    ):
+        completed_keys(tmp_path, ["attack", "seed"])
+    assert path.read_text() == HEADER + "gmi,0\ngmi,1,0.5\n"  # nothing rewritten
