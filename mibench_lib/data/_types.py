@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,3 +139,18 @@ class DatasetNotFoundError(FileNotFoundError):
 
     A subclass of :class:`FileNotFoundError`, so callers catching that keep working.
     """
+
+
+class CorruptImageError(OSError):
+    """Image files exist but cannot be decoded (truncated download, half-extracted archive, ...).
+
+    The message names every such file and says how to repair it. A subclass of :class:`OSError`
+    (what PIL raises for a truncated or unidentifiable file), so callers catching that keep working.
+
+    Attributes:
+        paths: The unreadable files, in loading order.
+    """
+
+    def __init__(self, message: str, paths: Sequence[str | os.PathLike[str]] = ()) -> None:
+        super().__init__(message)
+        self.paths = [Path(p) for p in paths]

@@ -18,6 +18,7 @@ import torch
 
 from mibench_lib.data._types import DatasetNotFoundError, ImageSet, MISplit
 from mibench_lib.data.ffhq import ffhq, ffhq_files
+from mibench_lib.data.imagefolder import file_identity, read_images
 from mibench_lib.data.splits import (
     check_disjoint,
     check_fraction,
@@ -25,7 +26,7 @@ from mibench_lib.data.splits import (
     identity_split,
     rank_identities,
 )
-from mibench_lib.data.transforms import fixed_center_box, load_images
+from mibench_lib.data.transforms import fixed_center_box
 
 #: Size (width, height) of every image in img_align_celeba/.
 ALIGNED_SIZE = (178, 218)
@@ -33,6 +34,10 @@ ALIGNED_SIZE = (178, 218)
 CROP_SIZE = 108
 
 _HOW_TO_GET = "download them from the official CelebA page and unpack them there"
+_REPAIR = (
+    "re-extract it from img_align_celeba.zip (the official CelebA download); deleting it is not "
+    "enough, because identity_CelebA.txt lists every image"
+)
 _PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
 
 
@@ -132,9 +137,11 @@ def celeba(
 
     Raises:
         DatasetNotFoundError: ``root``, the image folder, an annotation file or an image is missing.
+        CorruptImageError: Image files that cannot be decoded (truncated, ...); all are named.
         ValueError: A malformed annotation line, an image without a partition entry, too few
             identities for ``num_private``/``num_public``, a private identity with fewer than 2
-            images, a bad argument, or private and public data that would overlap.
+            images, a bad argument, private and public data that would overlap, or an annotated
+            image that is a link to another one.
     """
     root = Path(root)
     if not root.is_dir():
@@ -216,13 +223,26 @@ def celeba(
             f"{len(missing)} annotated image(s) are missing from {img_dir}, first: {missing[:3]}; "
             f"unpack the complete img_align_celeba.zip there"
         )
+    first_name: dict[tuple[Any, ...], str] = {}
+    aliases = []
+    for f in selected:  # symlinked or hard-linked copies would put one image in two places
+        name = first_name.setdefault(file_identity(img_dir / f), f)
+        if name != f:
+            aliases.append(f"{min(f, name)} and {max(f, name)} are one file")
+    if aliases:
+        raise ValueError(
+            f"{len(aliases)} annotated image(s) in {img_dir} are links to another annotated "
+            f"image, first: {'; '.join(aliases[:3])}; one image would be used twice (possibly in "
+            "both training and test data). Re-extract img_align_celeba.zip"
+        )
 
     crop = fixed_center_box(CROP_SIZE, CROP_SIZE, expect=ALIGNED_SIZE)
-    data = load_images(
+    data = read_images(
         [img_dir / f for fs in private_files for f in fs],
         resolution=resolution,
         crop=crop,
         desc="CelebA private",
+        repair=_REPAIR,
     )
     labels = torch.cat(
         [torch.full((len(fs),), k, dtype=torch.int64) for k, fs in enumerate(private_files)]
@@ -252,11 +272,12 @@ def celeba(
     }
     if public_root is None:
         public = ImageSet(
-            load_images(
+            read_images(
                 [img_dir / f for f in public_files],
                 resolution=resolution,
                 crop=crop,
                 desc="CelebA public",
+                repair=_REPAIR,
             ),
             torch.full((len(public_files),), -1, dtype=torch.int64),
         )
@@ -266,9 +287,14 @@ def celeba(
         )
         info["num_public_identities"] = len(public_ids)
     else:
-        private_paths = {(img_dir / f).resolve() for fs in private_files for f in fs}
+        private_paths = [img_dir / f for fs in private_files for f in fs]
+        public_paths = ffhq_files(public_root)
+        # Compare files by identity (symlinks, hard links), shown by real path.
+        shown = {file_identity(p): p.resolve() for p in [*public_paths, *private_paths]}
         check_disjoint(
-            private_paths, {p.resolve() for p in ffhq_files(public_root)}, what="image files"
+            {shown[file_identity(p)] for p in private_paths},
+            {shown[file_identity(p)] for p in public_paths},
+            what="image files",
         )
         public = ffhq(public_root, resolution=resolution)
         info["public_source"] = f"FFHQ folder {public_root} ({len(public)} images)"

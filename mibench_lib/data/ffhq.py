@@ -14,12 +14,8 @@ from pathlib import Path
 import torch
 
 from mibench_lib.data._types import DatasetNotFoundError, ImageSet
-from mibench_lib.data.transforms import (
-    IMAGE_SUFFIXES,
-    list_image_files,
-    load_images,
-    square_center_box,
-)
+from mibench_lib.data.imagefolder import find_image_files, read_images
+from mibench_lib.data.transforms import IMAGE_SUFFIXES, square_center_box
 
 #: Side of the centred square kept, as a fraction of the shorter image side (88 of 128 px).
 FFHQ_CROP_FRACTION = 88 / 128
@@ -35,8 +31,10 @@ def ffhq(
 
     Files with an image suffix are searched recursively and sorted by relative path, so the
     1024x1024 ``images1024x1024/00000/00000.png`` layout and the flat 128x128 thumbnails both
-    work. Each image is converted to RGB, cropped to the centred square of side
-    :data:`FFHQ_CROP_FRACTION` x its shorter side, and resized bilinearly to ``resolution``.
+    work; symlinked folders are followed, each folder and each file once (see
+    :func:`~mibench_lib.data.imagefolder.find_image_files`). Each image is converted to RGB,
+    cropped to the centred square of side :data:`FFHQ_CROP_FRACTION` x its shorter side, and
+    resized bilinearly to ``resolution``.
 
     Args:
         root: Folder holding the images (any depth).
@@ -48,10 +46,11 @@ def ffhq(
 
     Raises:
         DatasetNotFoundError: ``root`` is missing or holds no image files.
+        CorruptImageError: Image files that cannot be decoded (truncated, ...); all are named.
         ValueError: ``max_images`` or ``resolution`` is not positive.
     """
     paths = ffhq_files(root, max_images=max_images)
-    data = load_images(
+    data = read_images(
         paths, resolution=resolution, crop=square_center_box(FFHQ_CROP_FRACTION), desc="FFHQ"
     )
     return ImageSet(data, torch.full((len(paths),), -1, dtype=torch.int64))
@@ -71,7 +70,7 @@ def ffhq_files(root: str | os.PathLike[str], *, max_images: int | None = None) -
             f"FFHQ expects a folder of face images at {root} (e.g. {root}/00000/00000.png from "
             "the official images1024x1024 or thumbnails128x128 download); it does not exist"
         )
-    paths = list_image_files(root)
+    paths = find_image_files(root)
     if not paths:
         raise DatasetNotFoundError(
             f"no image files ({', '.join(IMAGE_SUFFIXES)}) found under {root}; put the FFHQ "
