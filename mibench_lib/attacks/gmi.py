@@ -13,14 +13,22 @@ and ``z`` is clamped to ``[-clip, clip]`` after every step. It starts from ``res
 draws ``z ~ N(0, I)`` per label; for each label the restart whose final image gets the highest
 target logit for ``y`` is kept.
 
-Relation to the official code (``Celeba/attack.py`` of the authors' repository):
+Relation to the official code (``Celeba/attack.py`` and ``MNIST/attack.py`` of the authors'
+repository; the two ``inversion`` functions differ only in the defaults below and the selection):
 
 - The hand-written Nesterov rule there (``v <- m v - lr g``; ``z <- z - m v_prev + (1 + m) v``)
   is algebraically the update of ``torch.optim.SGD(momentum=m, nesterov=True)``, which is used here.
-- The official losses are means over a batch of 100 identities, so each latent receives 1/100 of
-  its own loss gradient. Here the per-latent losses are summed and divided by that fixed 100: every
-  latent gets exactly the official step at the official learning rate, whatever the batch size of
-  this run (number of labels times restarts).
+- Step scaling. Both scripts minimise the batch **mean** of the prior loss and of the
+  cross-entropy over one batch of identities (one latent each, restarts run one after another),
+  so each latent receives ``1 / B`` of its own loss gradient, ``B`` being that batch's size. The
+  CelebA script attacks ``B = 100`` identities (0..99) at ``lr = 0.02``; the MNIST script attacks
+  ``B = 5`` digits (5..9) at ``lr = 0.01``. The per-latent step coefficient ``lr / B`` is thus
+  ``2e-4`` on CelebA and ``2e-3`` on MNIST, ten times larger. Here the per-latent losses are
+  summed and divided by the fixed ``loss_divisor``, so with ``(lr, loss_divisor)`` set to one
+  script's ``(lr, B)`` (:data:`OFFICIAL_SCALING`) every latent takes exactly that script's step,
+  whatever the size of this run's batch (labels times restarts, all restarts batched together).
+  A ``"mean"`` over this run's own batch would instead shrink the step as labels, repeats or
+  batched restarts are added. The function defaults are the CelebA script's.
 - The official restarts are five sequential runs seeded 0..4; here all restarts run in one batch,
   drawn from ``rng``.
 - The official selection compares ``score[i, i]`` (row index used as the class, right only for
@@ -46,8 +54,13 @@ from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
-#: Batch size (identities) whose mean loss the official code minimises with ``lr=0.02``.
-OFFICIAL_BATCH = 100
+#: ``lr`` and ``loss_divisor`` reproducing each official script's per-latent step: the script's
+#: learning rate and the number of identities in the batch whose mean loss it minimises
+#: (``Celeba/attack.py``: 100 identities at 0.02; ``MNIST/attack.py``: 5 digits at 0.01).
+OFFICIAL_SCALING: dict[str, dict[str, float | int]] = {
+    "celeba": {"lr": 0.02, "loss_divisor": 100},
+    "mnist": {"lr": 0.01, "loss_divisor": 5},
+}
 
 __all__ = ["gmi_attack"]
 
@@ -60,6 +73,7 @@ def gmi_attack(
     discriminator: nn.Module,
     steps: int = 1500,
     lr: float = 0.02,
+    loss_divisor: int = 100,
     momentum: float = 0.9,
     lambda_iden: float = 100.0,
     restarts: int = 5,
@@ -81,8 +95,12 @@ def gmi_attack(
         discriminator: Its WGAN critic on the same device, (M, C, H, W) in [0, 1] -> (M,) raw
             scores. Run in eval mode, never updated.
         steps: Optimisation steps (official 1500; 0 keeps the initial draws).
-        lr: Learning rate for the per-latent loss divided by :data:`OFFICIAL_BATCH` (official 0.02;
-            0.01 for MNIST).
+        lr: Learning rate (CelebA script 0.02, MNIST script 0.01; see :data:`OFFICIAL_SCALING`).
+        loss_divisor: The per-latent losses are summed and divided by this number before the
+            gradient, so each latent moves by ``lr / loss_divisor`` times its own loss gradient
+            (through the momentum). Set it to the number of identities in the official batch of
+            the setting you reproduce: 100 for the CelebA script (default), 5 for the MNIST
+            script, whose mean losses divide by that batch.
         momentum: Nesterov momentum in (0, 1).
         lambda_iden: Weight of the identity (cross-entropy) loss against the prior loss.
         restarts: Random starts per label entry (official 5).
@@ -108,7 +126,8 @@ def gmi_attack(
 
     Raises:
         AccessDenied: the oracle is not white-box (GMI needs the target's gradients).
-        ValueError: bad labels, a non-positive ``lr``/``clip``/``restarts``, ``momentum`` outside
+        ValueError: bad labels, a non-positive ``lr``/``loss_divisor``/``clip``/``restarts``,
+            ``momentum`` outside
             (0, 1), negative ``steps``/``lambda_iden``, an unknown ``select``, or a discriminator
             that does not return one score per image.
         QueryBudgetExceeded: the oracle's budget runs out.
@@ -132,6 +151,8 @@ def gmi_attack(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
+    if loss_divisor <= 0:
+        raise ValueError(f"loss_divisor must be positive, got {loss_divisor}")
     if not 0 < momentum < 1:
         raise ValueError(f"momentum must lie in (0, 1) for Nesterov momentum, got {momentum}")
     if lambda_iden < 0:
@@ -165,9 +186,9 @@ def gmi_attack(
             iden = F.cross_entropy(oracle(images), y, reduction="none")
             per_latent = prior + lambda_iden * iden
             # Sum, not mean: a latent's gradient must not depend on how many latents share the
-            # batch. The fixed OFFICIAL_BATCH divisor reproduces the official per-latent step.
+            # batch. The fixed divisor reproduces the official script's per-latent step.
             # autograd.grad w.r.t. z only: frozen networks never accumulate parameter gradients.
-            (grad,) = torch.autograd.grad(per_latent.sum() / OFFICIAL_BATCH, z)
+            (grad,) = torch.autograd.grad(per_latent.sum() / loss_divisor, z)
             z.grad = grad
             opt.step()
             with torch.no_grad():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mibench_lib.attacks import gmi_attack
+from mibench_lib.attacks.gmi import OFFICIAL_SCALING
 from mibench_lib.models.base import Classifier
 from mibench_lib.oracle import AccessDenied, TargetOracle
 from mibench_lib.testing import tiny_classifier, tiny_discriminator, tiny_generator
@@ -53,8 +54,14 @@ def test_beats_random_latents(digits_target, digits_generator, label_prob):
     assert res.losses[-1] < res.losses[0]
 
 
-def test_matches_handwritten_nesterov_of_official_code(digits_target, digits_generator):
-    disc, labels, lr, m = tiny_discriminator(), torch.tensor([0, 2]), 0.02, 0.9
+@pytest.mark.parametrize("setting", ["celeba", "mnist"])
+def test_matches_official_loop_of_each_script(setting, digits_target, digits_generator):
+    # the official loop, literally: batch means of both losses over one batch of B identities
+    # (Celeba/attack.py: B = 100 at lr 0.02; MNIST/attack.py: B = 5 at lr 0.01),
+    # v <- m v - lr g, z <- z - m v_prev + (1 + m) v, then clamp to [-1, 1]
+    scaling = OFFICIAL_SCALING[setting]
+    lr, batch, m = scaling["lr"], scaling["loss_divisor"], 0.9
+    disc, labels = tiny_discriminator(), torch.arange(batch) % 4
     res = gmi_attack(
         TargetOracle(digits_target),
         labels,
@@ -62,23 +69,55 @@ def test_matches_handwritten_nesterov_of_official_code(digits_target, digits_gen
         discriminator=disc,
         steps=6,
         restarts=1,
-        lr=lr,
         rng=_rng(3),
+        **scaling,
     )
-    # the official loop: mean losses over a batch of 100 identities, v <- m v - lr g,
-    # z <- z - m v_prev + (1 + m) v, then clamp to [-1, 1]
-    z = torch.randn(2, 8, generator=_rng(3))
+    z = torch.randn(batch, 8, generator=_rng(3))
     v = torch.zeros_like(z)
     for _ in range(6):
         z.requires_grad_(True)
         images = digits_generator(z)
-        per_latent = -disc(images) + 100 * F.cross_entropy(
-            digits_target(images), labels, reduction="none"
-        )
-        (grad,) = torch.autograd.grad(per_latent.sum() / 100, z)
+        total = -disc(images).mean() + 100 * F.cross_entropy(digits_target(images), labels)
+        (grad,) = torch.autograd.grad(total, z)
         v_prev, v = v, m * v - lr * grad
         z = (z.detach() - m * v_prev + (1 + m) * v).clamp(-1, 1)
+    assert float((res.latents - torch.randn(batch, 8, generator=_rng(3))).abs().max()) > 1e-3
     torch.testing.assert_close(res.latents, z, rtol=1e-5, atol=1e-6)
+
+
+def test_per_latent_step_is_fixed_by_the_setting_not_the_batch(digits_target, digits_generator):
+    # first step from v = 0 (no clamp): z_1 - z_0 = -(1 + m) (lr / loss_divisor) grad of the
+    # latent's own loss, computed here for each latent alone; the rest of the batch (4 labels
+    # x 2 restarts) changes nothing
+    disc, labels, m = tiny_discriminator(), torch.tensor([0, 1, 2, 3]), 0.9
+    z0 = torch.randn(8, 8, generator=_rng(4))
+    moves = {}
+    for setting, scaling in OFFICIAL_SCALING.items():
+        res = gmi_attack(
+            TargetOracle(digits_target),
+            labels,
+            generator=digits_generator,
+            discriminator=disc,
+            steps=1,
+            restarts=2,
+            clip=100.0,
+            select="all",
+            rng=_rng(4),
+            **scaling,
+        )
+        moves[setting] = res.latents - z0
+        for i in range(8):
+            zi = z0[i : i + 1].clone().requires_grad_(True)
+            images = digits_generator(zi)
+            own = -disc(images) + 100 * F.cross_entropy(
+                digits_target(images), labels[i % 4].view(1)
+            )
+            (g,) = torch.autograd.grad(own.sum(), zi)
+            step = -(1 + m) * scaling["lr"] / scaling["loss_divisor"] * g
+            torch.testing.assert_close(moves[setting][i : i + 1], step, rtol=1e-4, atol=1e-6)
+    # MNIST's per-latent step coefficient 0.01 / 5 is ten times CelebA's 0.02 / 100 (the moves
+    # are 6e-5..0.17 on CelebA; atol covers float32 rounding of z_1 - z_0 at |z| <= 3)
+    torch.testing.assert_close(moves["mnist"], 10 * moves["celeba"], rtol=1e-4, atol=1e-5)
 
 
 def test_prior_step_raises_critic_score(digits_generator, digits_target):
@@ -241,6 +280,8 @@ def test_bad_arguments_raise():
         gmi_attack(oracle, torch.tensor([0]), select="top", **kw)
     with pytest.raises(ValueError, match="momentum"):
         gmi_attack(oracle, torch.tensor([0]), momentum=0.0, **kw)
+    with pytest.raises(ValueError, match="loss_divisor"):
+        gmi_attack(oracle, torch.tensor([0]), loss_divisor=0, **kw)
 
     class VectorCritic(nn.Module):
         def forward(self, x: Tensor) -> Tensor:
