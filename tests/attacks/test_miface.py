@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,25 @@ def test_stops_within_window_after_plateau():
     stop = int(res.extras["stop_step"])
     assert plateau_start < stop <= plateau_start + window + 1
     assert res.extras["best_step"].tolist() == [plateau_start]  # earliest lowest-cost iterate
+
+
+def test_stops_at_first_step_whose_label_probability_reaches_threshold():
+    # logistic target: from x_0 = 0 (p_1 = 0.5), p_1(x_i) rises at every step (lr 0.01, by
+    # 0.02 to 0.06 per step) and stays below 0.83 for 8 steps, so neither other rule fires
+    target, labels = PositiveLinearTarget(), torch.tensor([1])
+    free = miface_attack(TargetOracle(target), labels, lr=0.01, threshold=1.0, max_iter=8)
+    assert free.extras["stop_step"].tolist() == [8]
+    p = [0.5] + [1.0 - c for c in free.losses]  # p[i] = p_1(x_i), same run
+    assert min(b - a for a, b in pairwise(p)) > 0.02 and p[-1] < 0.9
+    for k in (1, 3, 7):
+        threshold = (p[k - 1] + p[k]) / 2  # reached first at step k, with a margin > 0.01
+        res = miface_attack(TargetOracle(target), labels, lr=0.01, threshold=threshold, max_iter=8)
+        assert res.extras["stop_step"].tolist() == [k]
+        assert res.losses == free.losses[:k]  # the same path, cut at step k
+    # Algorithm 1 read literally (c <= gamma = 0.99, i.e. threshold = 1 - gamma): p_1 >= 0.01
+    # already holds after the first step
+    literal = miface_attack(TargetOracle(target), labels, lr=0.01, threshold=1 - 0.99, max_iter=8)
+    assert literal.extras["stop_step"].tolist() == [1]
 
 
 def test_threshold_is_on_the_label_probability(digits_target, label_prob):
