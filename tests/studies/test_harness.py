@@ -1,0 +1,105 @@
+"""The harness: rows that do not depend on the process history, budgets, trivial floors."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+
+import pytest
+import torch
+
+from mibench_lib.cache import ArtifactCache
+from mibench_lib.studies.harness import BASELINES, mean_public_image, prepare_setting
+from mibench_lib.studies.jobs import TargetRef, attack_target, build_target
+
+TRAIN = {"epochs": 1, "batch_size": 64, "lr": 0.002}
+MID = TargetRef("mnist_cnn", TRAIN, seed=0, defense_name="mid", defense_kwargs={"beta": 0.01})
+
+
+def _setting(cache_dir, out_dir, **overrides):
+    kwargs = {
+        "cache": ArtifactCache(cache_dir),
+        "dataset": "digits",
+        "dataset_kwargs": {"resolution": 16},
+        "classes": [0, 1, 2],
+        "samples_per_class": 1,
+        "model_seed": 0,
+        "evaluator_arch": "mnist_eval",
+        "evaluator_train": TRAIN,
+        "face_arch": "mnist_resnet",
+        "face_train": TRAIN,
+        "face_weights": "",
+        "gan": {"latent_dim": 16, "width": 8, "critic_width": 8},
+        "gan_train": {"epochs": 1, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0},
+        "attacks": ["gmi", "brep_mi"],
+        "attack_kwargs": {"gmi": {"steps": 3, "restarts": 1}},
+        "query_budgets": {},
+        "inception_weights": "",
+        "device": "cpu",
+        "out_dir": out_dir,
+        "progress": False,
+    }
+    return prepare_setting(**{**kwargs, **overrides}, eager=False)
+
+
+def _job_in_fresh_process(cache_dir, out_dir, preload, queue):
+    """One GMI job against a MID target (which samples at inference) in a new interpreter."""
+    torch.set_num_threads(1)
+    setting = _setting(cache_dir, out_dir)
+    if preload:  # the GAN and scoring models already loaded by an earlier job in this worker
+        _ = (setting.prior, setting.evaluator, setting.face)
+    row = attack_target(setting, MID, "gmi", seed=0, tag=f"gmi_{preload}")
+    queue.put({k: v for k, v in row.items() if k != "wall_time_s"})
+
+
+@pytest.mark.slow
+def test_row_does_not_depend_on_what_the_process_loaded_before(tmp_path):
+    cache_dir = tmp_path / "cache"
+    setting = _setting(cache_dir, tmp_path / "warm")
+    _ = (setting.prior, setting.evaluator, setting.face)
+    build_target(setting, MID)
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for preload in (False, True):
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_job_in_fresh_process, args=(cache_dir, tmp_path / "out", preload, queue)
+        )
+        proc.start()
+        proc.join(timeout=600)
+        assert proc.exitcode == 0, f"the job's process failed (exit code {proc.exitcode})"
+        rows.append(queue.get(timeout=10))
+    lazy, preloaded = rows
+    assert lazy.keys() == preloaded.keys()
+    for key, value in lazy.items():
+        other = preloaded[key]
+        if isinstance(value, float) and math.isnan(value):
+            assert math.isnan(other), key
+        else:
+            assert value == other, f"{key}: {value!r} (lazy) != {other!r} (preloaded)"
+
+
+def test_exhausted_budget_is_recorded_in_the_row(tmp_path):
+    setting = _setting(tmp_path / "cache", tmp_path / "out", query_budgets={"brep_mi": 7})
+    ref = TargetRef("mnist_cnn", TRAIN, seed=0)
+    row = attack_target(setting, ref, "brep_mi", seed=0, tag="brep")
+    assert row["budget_exhausted"] is True
+    assert row["queries"] <= 7  # the query that would pass the budget never ran
+    assert "budget" in row["unavailable"]
+    assert "acc1" not in row  # nothing reconstructed: no metric invented
+    assert not (tmp_path / "out" / "reconstructions" / "brep.safetensors").exists()
+
+
+def test_trivial_floors_are_scored_like_attacks(tmp_path):
+    setting = _setting(tmp_path / "cache", tmp_path / "out")
+    ref = TargetRef("mnist_cnn", TRAIN, seed=0)
+    for name in BASELINES:
+        row = attack_target(setting, ref, name, seed=0, tag=name)
+        assert row["queries"] == 0 and row["family"] == "baseline"
+        assert row["budget_exhausted"] is False
+        assert 0.0 <= row["acc1"] <= 1.0
+        if name != "random_latent":
+            # one constant image, scored against 3 classes: at most one can be a hit
+            assert row["acc1"] in (0.0, pytest.approx(1 / 3))
+    mean = mean_public_image(setting.split, chunk=7)
+    torch.testing.assert_close(mean, setting.split.public.images.mean(0), atol=1e-5, rtol=0)
