@@ -83,6 +83,8 @@ def test_postprocess_applies_to_black_box_only(model, x):
         ({"access": "grey-box"}, "access must be one of"),
         ({"budget": 0}, "budget"),
         ({"top_k": 0}, "top_k"),
+        ({"top_k": -2}, "top_k must be an integer >= 1, got -2"),
+        ({"budget": -1}, "budget must be an integer >= 1, got -1"),
     ],
 )
 def test_bad_arguments(model, kwargs, match):
@@ -93,3 +95,31 @@ def test_bad_arguments(model, kwargs, match):
 def test_wrong_query_shape(model):
     with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\)"):
         TargetOracle(model, access="label")(torch.rand(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"budget": 2.5}, "2.5"), ({"top_k": True}, "True")])
+def test_non_integer_budget_and_top_k_are_type_errors(model, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        TargetOracle(model, **kwargs)
+
+
+def test_settings_are_reported(model):
+    def rounder(p):
+        return torch.round(p * 10) / 10
+
+    oracle = TargetOracle(model, access="top-k", budget=7, top_k=3, postprocess=rounder)
+    assert (oracle.access, oracle.budget, oracle.top_k) == ("top-k", 7, 3)
+    assert oracle.postprocess is rounder and not oracle.is_white_box
+    assert oracle.num_classes == 6 and oracle.input_shape == (1, 8, 8)
+    assert oracle.device == torch.device("cpu")
+    assert (oracle.queries, oracle.remaining) == (0, 7)
+    assert repr(oracle) == "TargetOracle(access='top-k', queries=0, budget=7)"
+    unlimited = TargetOracle(model)
+    assert unlimited.is_white_box and unlimited.budget is None and unlimited.remaining is None
+
+
+def test_black_box_answers_depend_only_on_the_query_values(model, x):
+    """Black-box queries are copied into fresh tensors: only their values count."""
+    oracle = TargetOracle(model, access="logits")
+    torch.testing.assert_close(oracle(x), model(x).detach())
+    torch.testing.assert_close(oracle(x.clone().requires_grad_(True)), model(x).detach())
