@@ -40,8 +40,45 @@ def test_valid_file_merges_overrides(tree):
     assert isinstance(params["scale"], float)  # int accepted for float, converted
 
 
-def test_empty_file_is_no_parameters(tree):
-    assert load_parameters(tree.config("empty", ""), tree.notebook) == {}
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "---\n"])
+def test_empty_file_rejected(tree, text):
+    path = tree.config("empty", text)
+    with pytest.raises(ParameterError, match=r"empty\.yaml: empty parameter file; it would run"):
+        load_parameters(path, tree.notebook)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("n: 2\nscale: 1.0\nn: 3\n", "n", 3, 1),
+        ("n: 2\nsub:\n  a: 1\n  b: 2\n  a: 3\n", "a", 5, 3),
+        ("n: 2\nsub: {a: {x: 1, x: 2}}\n", "x", 2, 2),
+        ("n: 2\nsub:\n  - {k: 1}\n  - {k: 1, k: 2}\n", "k", 4, 4),
+    ],
+)
+def test_duplicate_key_rejected_at_any_level(tree, text, key, line, first):
+    path = tree.config("dup", text)
+    with pytest.raises(ParameterError) as err:
+        read_parameter_file(path)
+    assert str(err.value).startswith(
+        f"{path}:{line}: duplicate key '{key}' (first on line {first}); YAML would keep only"
+    )
+
+
+def test_merge_key_override_is_not_a_duplicate(tree):
+    path = tree.config("merge", "base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")
+    assert read_parameter_file(path)["other"] == {"x": 3, "y": 2}
+
+
+def test_duplicate_key_in_override_rejected():
+    with pytest.raises(ParameterError, match=r"^-p attack_kwargs .*duplicate key 'steps'"):
+        parse_overrides([("attack_kwargs", "{gmi: {steps: 1, steps: 2}}")])
+
+
+@pytest.mark.parametrize("text", ["n: 2001-13-01\n", "n: !!int x\n", "n: !!binary xyz\n"])
+def test_values_yaml_cannot_build_are_parameter_errors(tree, text):
+    with pytest.raises(ParameterError, match=r"bad\.yaml(:1)?: invalid YAML"):
+        read_parameter_file(tree.config("bad", text))
 
 
 def test_unknown_key_names_key_file_and_known_keys(tree):
@@ -79,7 +116,7 @@ def test_wrong_type_names_field(tree, text, expected):
 
 
 def test_wrong_type_in_override_names_field(tree):
-    path = tree.config("a", "")
+    path = tree.config("a", "n: 2\n")
     with pytest.raises(ParameterError, match=r"^-p: field 'n' expects int, got str \('ten'\)$"):
         load_parameters(path, tree.notebook, overrides=parse_overrides([("n", "ten")]))
 
@@ -90,7 +127,7 @@ def test_injected_keys_refused(tree, key):
     with pytest.raises(ParameterError, match=f"'{key}' set by the runner"):
         load_parameters(path, tree.notebook)
     with pytest.raises(ParameterError, match=f"^-p: '{key}' set by the runner"):
-        load_parameters(tree.config("ok", ""), tree.notebook, overrides={key: "x"})
+        load_parameters(tree.config("ok", "n: 1\n"), tree.notebook, overrides={key: "x"})
 
 
 def test_yaml_syntax_error_names_file_and_line(tree):
@@ -163,4 +200,4 @@ def test_optional_and_union_annotations(tree, tmp_path):
 def test_notebook_without_injected_parameters_rejected(tree, tmp_path):
     path = _notebook_with_cell(tree, tmp_path, "n = 3\n")
     with pytest.raises(ParameterError, match="must declare 'study', 'config', 'out_dir'"):
-        load_parameters(tree.config("a", ""), path)
+        load_parameters(tree.config("a", "n: 1\n"), path)
