@@ -1,4 +1,4 @@
-"""The nine MIBench metrics of a set of reconstructions, plus the target's own accuracy.
+"""The MIBench metrics of a set of reconstructions (FID in two feature spaces), plus target accuracy.
 
 Each metric is one line; N reconstructions x_j of private classes y_j, an evaluation model E
 (never queried by the attack), private training images of the attacked classes as reference:
@@ -9,13 +9,17 @@ Each metric is one line; N reconstructions x_j of private classes y_j, an evalua
   ||E.features(x_j) - E.features(x')||^2 (squared KNN distance).
 - ``delta_face``: the same squared KNN distance in a second, independent feature extractor
   (a face-recognition network, or an evaluator of another architecture).
-- ``fid``: Fréchet distance between Gaussians fitted to reconstruction and private features
-  (Inception-v3 pool3 when weights are given, else E's penultimate features).
+- ``fid_eval``: Fréchet distance between Gaussians fitted to reconstruction and private features
+  in E's penultimate feature space. Not comparable with published FIDs, whatever the data.
+- ``fid_inception``: the same in the FID-Inception network's pool3 space (the FID of published
+  work; needs its weights file, NaN without it).
 - ``precision``: per class, share of reconstructions inside some private sample's k-NN ball
-  (Naeem et al. 2020, k = 3), averaged over classes.
+  (Naeem et al. 2020, k = 3), averaged over the classes with enough samples.
 - ``recall``: per class, share of private samples inside some reconstruction's k-NN ball, averaged.
 - ``density``: per class, mean number of private k-NN balls holding a reconstruction, over k.
 - ``coverage``: per class, share of private samples whose k-NN ball holds a reconstruction.
+  (PRDC is computed in the FID-Inception space when its weights are given, else in E's; MIBench's
+  variant of the four is available as ``*_mibench``.)
 - ``target_acc``: top-1 accuracy of the attacked model itself on the reconstructions.
 
 Every function runs gradient-free in batches and raises :class:`MetricUnavailable` (never returns
@@ -26,14 +30,17 @@ from mibench_lib.metrics._errors import MetricUnavailable
 from mibench_lib.metrics.accuracy import accuracy_from_logits, attack_accuracy, target_accuracy
 from mibench_lib.metrics.evaluate import evaluate_reconstructions
 from mibench_lib.metrics.features import extract_features, predict_logits
-from mibench_lib.metrics.fid import (
-    InceptionPool3,
-    fid,
-    frechet_distance,
-    load_inception_pool3,
-)
+from mibench_lib.metrics.fid import FIDInceptionV3, fid, frechet_distance, load_fid_inception
 from mibench_lib.metrics.knn_distance import feature_knn_distance, knn_distance
-from mibench_lib.metrics.prdc import PRDC_KEYS, class_mean_prdc, prdc, prdc_per_class
+from mibench_lib.metrics.prdc import (
+    PRDC_KEYS,
+    PRDC_VARIANTS,
+    ClassPRDC,
+    class_mean_prdc,
+    prdc,
+    prdc_keys,
+    prdc_per_class,
+)
 
 #: Metric name -> the function computing it (Acc@5 is ``attack_accuracy(..., top_k=5)``; delta_eval
 #: and delta_face are ``feature_knn_distance`` with the evaluator or the face model, then a mean).
@@ -48,7 +55,9 @@ METRICS = {
 __all__ = [
     "METRICS",
     "PRDC_KEYS",
-    "InceptionPool3",
+    "PRDC_VARIANTS",
+    "ClassPRDC",
+    "FIDInceptionV3",
     "MetricUnavailable",
     "accuracy_from_logits",
     "attack_accuracy",
@@ -59,8 +68,9 @@ __all__ = [
     "fid",
     "frechet_distance",
     "knn_distance",
-    "load_inception_pool3",
+    "load_fid_inception",
     "prdc",
+    "prdc_keys",
     "prdc_per_class",
     "predict_logits",
     "target_accuracy",

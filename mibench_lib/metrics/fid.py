@@ -7,12 +7,14 @@ real set is the private training images of the attacked classes. The statistics 
 square root are those of ``torchmetrics.image.fid.FrechetInceptionDistance`` (float64 accumulators,
 unbiased covariances, eigenvalues of S_r S_f).
 
-Two feature spaces:
+Two feature spaces, reported under different names so that neither is mistaken for the other:
 
-- the evaluation model's penultimate features (default, no weights needed; values are not
-  comparable with published FIDs);
-- Inception-v3 pool3 (2048-d) at 299 px, the published convention, from a torchvision
-  ``inception_v3`` state dict on local disk (:func:`load_inception_pool3`); nothing is downloaded.
+- ``fid_eval``: the evaluation model's penultimate features (default, no weights needed). Its values
+  are NOT comparable with any published FID.
+- ``fid_inception``: pool3 (2048-d) of the FID-Inception network at 299 px, the network of
+  published FIDs (pytorch-fid, torch-fidelity, torchmetrics), with weights from a local file
+  (:func:`load_fid_inception`); nothing is downloaded. torchvision's ImageNet ``inception_v3`` is a
+  different network with different weights and is not used.
 
 FID is biased upward for small sample counts and, with fewer samples than feature dimensions, the
 covariances are rank-deficient: compare values only at equal sample counts.
@@ -20,18 +22,16 @@ covariances are rank-deficient: compare values only at equal sample counts.
 
 from __future__ import annotations
 
+import io
+import pickle
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from mibench_lib.metrics._errors import MetricUnavailable
 from mibench_lib.metrics.features import Images, extract_features
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _FeatureRows(nn.Module):
@@ -90,41 +90,42 @@ def frechet_distance(real_feats: Tensor, fake_feats: Tensor) -> float:
         return float(metric.compute())
 
 
-class InceptionPool3(nn.Module):
-    """Inception-v3 pool3 features (2048-d) of images in [0, 1] at any resolution.
+class FIDInceptionV3(nn.Module):
+    """The FID-Inception network's pool3 features (2048-d) of images in [0, 1] at any resolution.
 
-    Images are resized to 299 x 299 (bilinear), grey images repeated to RGB, ImageNet-normalised,
-    and passed through ``torchvision.models.inception_v3`` with ``transform_input=True`` and the
-    classifier replaced by the identity. This is how torchvision itself runs its ImageNet weights
-    (its builder sets ``transform_input=True`` for them), so a torchvision checkpoint sees the
-    inputs it was trained on. Build it with :func:`load_inception_pool3`.
+    This is the network of published FIDs: the TensorFlow Inception graph of 2015-12-05 that
+    Heusel et al.'s reference code uses, ported to PyTorch by pytorch-fid and torch-fidelity (its
+    layers differ from torchvision's ``inception_v3`` in a few pooling details, and its weights are
+    not torchvision's ImageNet weights). The module is torchmetrics' own extractor
+    (``torchmetrics.image.fid.NoTrainInceptionV3``, torch-fidelity's ``FeatureExtractorInceptionV3``
+    underneath), the one ``FrechetInceptionDistance(feature=2048)`` uses. Build it with
+    :func:`load_fid_inception`.
+
+    Images are repeated to RGB when grey and quantised to the 8-bit pixels the network takes, then
+    resized to 299 x 299 and scaled to [-1, 1] inside it. Quantisation rounds (``round(255 x)``, so
+    an 8-bit image stored as floats comes back exactly); torchmetrics' ``normalize=True`` truncates
+    instead, which can be one grey level lower.
 
     Args:
-        net: A torchvision ``Inception3`` with weights loaded.
+        net: A ``NoTrainInceptionV3`` with ``features_list=["2048"]`` and weights loaded.
     """
 
     num_features = 2048
-    input_size = 299
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        net.fc = nn.Identity()
         self.net = net
-        self.register_buffer(
-            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: Tensor) -> Tensor:
-        """(N, 1 or 3, H, W) in [0, 1] -> (N, 2048) pool3 features (use in eval mode)."""
+        """(N, 1 or 3, H, W) in [0, 1] -> (N, 2048) pool3 features (float32)."""
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(
+                f"FIDInceptionV3 takes (N, 1 or 3, H, W) images, got shape {tuple(x.shape)}"
+            )
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"InceptionPool3 takes 1 or 3 channels, got {x.shape[1]}")
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            size = (self.input_size, self.input_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.net((x - self.mean) / self.std)
+        pixels = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        return self.net(pixels).float()
 
     def forward(self, x: Tensor) -> Tensor:
         """Same as :meth:`features`."""
@@ -132,54 +133,86 @@ class InceptionPool3(nn.Module):
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors of a weights file, never unpickling anything but tensors and plain containers."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise MetricUnavailable(f"{path} does not hold a state dict (found {type(state).__name__})")
-    return state
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise MetricUnavailable(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:  # not a weights-only checkpoint
+        raise MetricUnavailable(
+            f"{path} is not a plain state dict readable with torch.load(weights_only=True) "
+            f"(pickled objects are never loaded): {err}"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise MetricUnavailable(
+            f"{path} does not hold a state dict of tensors (found {type(state).__name__})"
+        )
+    return dict(state)
 
 
-def load_inception_pool3(weights: str | Path) -> InceptionPool3:
-    """Build :class:`InceptionPool3` from a local torchvision ``inception_v3`` state dict.
+def load_fid_inception(weights: str | Path, *, antialias: bool = False) -> FIDInceptionV3:
+    """Build :class:`FIDInceptionV3` from the FID-Inception weights on local disk.
 
-    The class count of the final layer and the presence of the auxiliary classifier are read from
-    the file (``fc.weight``, ``AuxLogits.*``), so the ImageNet checkpoint and fine-tuned ones load
-    alike; the weights are loaded strictly. No download is ever attempted.
+    The file is pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` or torch-fidelity's
+    ``weights-inception-2015-12-05-6726825d.pth`` (the same state dict: torchvision ``Inception3``
+    key names without the auxiliary classifier, a 1008-class ``fc``), or a ``.safetensors``
+    conversion of either. It is read with ``torch.load(weights_only=True)`` (or safetensors), so
+    no pickled object is ever executed, and loaded strictly. Nothing is downloaded.
 
     Args:
-        weights: ``.pth``/``.pt`` (read with ``torch.load(weights_only=True)``) or ``.safetensors``.
+        weights: Path of the weights file.
+        antialias: ``False`` (default): resize to 299 px with torch-fidelity's copy of
+            TensorFlow 1's bilinear resize, as the reference FID code and torch-fidelity do.
+            ``True``: torch's antialiased bilinear resize, the default of torchmetrics'
+            ``FrechetInceptionDistance``. The two resizes differ at every input size, and so do
+            the FIDs a little; pytorch-fid (used by MIBench) resizes with a third, non-antialiased
+            torch bilinear resize on unquantised images.
 
     Returns:
-        The extractor on the CPU, in eval mode.
+        The extractor on the CPU, in eval mode (it cannot leave it).
 
     Raises:
-        MetricUnavailable: the file is missing, or is not an ``inception_v3`` state dict.
+        MetricUnavailable: the file is missing or unreadable, is not a plain state dict, does not
+            match the FID-Inception network, or torch-fidelity is not installed.
     """
-    from torchvision.models import inception_v3
-
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+    except ImportError as err:  # pragma: no cover - torchmetrics is a dependency
+        raise MetricUnavailable(f"the FID-Inception network needs torchmetrics: {err}") from err
+    if not _TORCH_FIDELITY_AVAILABLE:
+        raise MetricUnavailable("the FID-Inception network needs torch-fidelity (pip install)")
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise MetricUnavailable(f"Inception-v3 weights file not found: {path}")
+        raise MetricUnavailable(f"FID-Inception weights file not found: {path}")
     state = _read_state_dict(path)
-    if "fc.weight" not in state:
-        raise MetricUnavailable(f"{path} is not an inception_v3 state dict (no 'fc.weight' key)")
-    aux = any(key.startswith("AuxLogits.") for key in state)
-    with torch.device("meta"):  # skip random initialisation: every tensor comes from the file
-        net = inception_v3(
-            weights=None,
-            aux_logits=aux,
-            transform_input=True,
-            init_weights=False,
-            num_classes=int(state["fc.weight"].shape[0]),
-        )
+    # torch-fidelity's constructor insists on loading a checkpoint itself, with a full unpickler.
+    # It is handed shape-only (meta) copies of the tensors that were read safely above, serialised
+    # here in memory, and builds on the meta device; the real tensors are assigned afterwards.
+    skeleton = io.BytesIO()
+    torch.save({key: torch.empty_like(v, device="meta") for key, v in state.items()}, skeleton)
+    skeleton.seek(0)
     try:
+        with torch.device("meta"):
+            net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048"],
+                feature_extractor_weights_path=skeleton,
+                antialias=antialias,
+            )
         net.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:  # re-raised with the file named; nothing is swallowed
-        raise MetricUnavailable(f"{path} does not match torchvision's inception_v3: {err}") from err
-    return InceptionPool3(net).eval()
+    except RuntimeError as err:  # key or shape mismatch, re-raised with the file named
+        raise MetricUnavailable(
+            f"{path} does not match the FID-Inception network (expected the pytorch-fid / "
+            f"torch-fidelity pt_inception-2015-12-05 state dict): {err}"
+        ) from err
+    return FIDInceptionV3(net).eval()
 
 
 def fid(
@@ -193,8 +226,8 @@ def fid(
     """FID between two image sets in the feature space of ``model``.
 
     Args:
-        model: Anything exposing ``features(x)`` on images in [0, 1]: the evaluation model, or an
-            :class:`InceptionPool3` for the published convention.
+        model: Anything exposing ``features(x)`` on images in [0, 1]: the evaluation model, or a
+            :class:`FIDInceptionV3` for the FID of published work.
         real_images: Private training images of the attacked classes, (N_r, C, H, W) in [0, 1]
             or an ImageSet.
         fake_images: Reconstructions, (N_f, C, H, W) in [0, 1].

@@ -1,18 +1,22 @@
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
+from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.models import inception_v3
 
 from mibench_lib.metrics import (
-    InceptionPool3,
+    FIDInceptionV3,
     MetricUnavailable,
     extract_features,
     fid,
     frechet_distance,
-    load_inception_pool3,
+    load_fid_inception,
 )
 
 
@@ -52,81 +56,159 @@ def test_too_few_samples_is_unavailable(flat_classifier):
         frechet_distance(torch.randn(4, 2), torch.randn(4, 3))
 
 
-class _Recorder(nn.Module):
-    """Stands in for Inception3: records what it is fed, returns per-channel means."""
+# -- the FID-Inception network -------------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.seen = x
-        return x.mean(dim=(2, 3))
+FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file name
 
 
-def test_inception_preprocessing_resizes_repeats_grey_and_normalises():
-    net = _Recorder()
-    model = InceptionPool3(net)
-    with torch.no_grad():
-        model.features(torch.full((2, 1, 8, 8), 0.5))
-    assert net.seen.shape == (2, 3, 299, 299)
-    expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    torch.testing.assert_close(net.seen[:, :, 100, 200], expected.expand(2, 3))
-    with pytest.raises(ValueError, match="1 or 3 channels, got 2"):
-        model.features(torch.rand(1, 2, 8, 8))
+def _fid_inception_state(*, with_num_batches_tracked: bool = True) -> dict[str, Tensor]:
+    """Random weights in the format of the FID-Inception file.
 
-
-def _inception_state(
-    *, aux_logits: bool, num_classes: int, rand: bool = False
-) -> dict[str, Tensor]:
+    pytorch-fid loads that file strictly into torchvision's ``Inception3`` without the auxiliary
+    classifier and with 1008 classes, so the file's keys and shapes are that network's; they are
+    taken from torchvision here, independently of torchmetrics / torch-fidelity, which the loader
+    uses. Conv weights are He-scaled and BatchNorm is the identity, so activations stay O(1).
+    """
     with torch.device("meta"):
-        net = inception_v3(
-            weights=None, aux_logits=aux_logits, init_weights=False, num_classes=num_classes
-        )
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    gen = torch.Generator().manual_seed(1234)
     state = {}
     for key, value in net.state_dict().items():
-        if key.endswith("running_var"):
+        if key.endswith("num_batches_tracked"):
+            if with_num_batches_tracked:
+                state[key] = torch.zeros((), dtype=torch.int64)
+        elif key.endswith(("running_var", "bn.weight")):
             state[key] = torch.ones(value.shape)
-        elif value.is_floating_point():
-            state[key] = torch.randn(value.shape) * 0.05 if rand else torch.zeros(value.shape)
-        else:
-            state[key] = torch.zeros(value.shape, dtype=value.dtype)
-    state["fc.bias"] = torch.arange(num_classes, dtype=torch.float32)  # a recognisable tensor
+        elif key.endswith(("running_mean", "bn.bias", "fc.bias")):
+            state[key] = torch.zeros(value.shape)
+        else:  # conv and fc weights
+            fan_in = value[0].numel()
+            state[key] = torch.randn(value.shape, generator=gen) * (2.0 / fan_in) ** 0.5
     return state
 
 
 @pytest.fixture(scope="module")
-def inception_state() -> dict[str, Tensor]:
-    return _inception_state(aux_logits=True, num_classes=5)
+def fid_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / FID_WEIGHTS_NAME
+    torch.save(_fid_inception_state(), path)
+    return path
 
 
+def _images(n: int, channels: int, size: int, *, seed: int, bright: bool = False) -> Tensor:
+    """8-bit images as floats in [0, 1]: uniform noise, or a bright smooth pattern plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, channels, size, size), generator=gen)
+    if bright:
+        ramp = torch.linspace(150, 255, size).view(1, 1, 1, size)
+        pixels = (ramp + pixels * 0.1).round().clamp(0, 255)
+    return pixels.float() / 255.0
+
+
+def _assert_fully_loaded(model: FIDInceptionV3) -> None:
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert not any(t.requires_grad for t in model.parameters())
+    assert not model.training and not model.net.training
+
+
+@pytest.mark.parametrize("with_num_batches_tracked", [True, False])
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_inception_weights_load_strictly_from_local_files(tmp_path, suffix, inception_state):
-    state = inception_state
-    path = tmp_path / f"inception{suffix}"
+def test_fid_inception_weights_load_from_local_files(tmp_path, suffix, with_num_batches_tracked):
+    state = _fid_inception_state(with_num_batches_tracked=with_num_batches_tracked)
+    path = tmp_path / f"fid_inception{suffix}"
     if suffix == ".pth":
         torch.save(state, path)
     else:
         save_file(state, str(path))
-    model = load_inception_pool3(path)
-    assert not model.training and isinstance(model.net.fc, nn.Identity)
-    assert model.net.AuxLogits is not None and model.net.transform_input
-    assert torch.equal(model.net.Conv2d_1a_3x3.bn.running_var, torch.ones(32))
+    model = load_fid_inception(path)
+    _assert_fully_loaded(model)
+    for key in ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight"):
+        assert torch.equal(model.net.state_dict()[key], state[key]), key
+    model.train()  # torchmetrics' network refuses to leave eval mode
+    assert not model.net.training
+    assert (
+        not model.net.use_antialias and load_fid_inception(path, antialias=True).net.use_antialias
+    )
 
 
-def test_missing_or_wrong_inception_file_is_unavailable(tmp_path):
+def test_fid_inception_file_is_read_without_unpickling_objects(tmp_path, monkeypatch, fid_weights):
+    calls = []
+    real_load = torch.load
+
+    def spy(f, *args, **kwargs):
+        calls.append((f, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_fid_inception(fid_weights)
+    on_disk = [weights_only for f, weights_only in calls if isinstance(f, str | Path)]
+    assert on_disk == [True]  # torch-fidelity's own full-unpickler load only sees in-memory bytes
+    assert all(isinstance(f, io.BytesIO) for f, w in calls if not isinstance(f, str | Path))
+
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"fc.weight": torch.zeros(1), "x": Payload()}, hostile)
+    monkeypatch.setattr(torch, "load", real_load)
+    with pytest.raises(MetricUnavailable, match="weights_only=True"):
+        load_fid_inception(hostile)
+    assert not marker.exists()
+
+
+def test_missing_or_wrong_fid_inception_file_is_unavailable(tmp_path):
     with pytest.raises(MetricUnavailable, match="weights file not found"):
-        load_inception_pool3(tmp_path / "nope.pth")
+        load_fid_inception(tmp_path / "nope.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
-    with pytest.raises(MetricUnavailable, match="does not hold a state dict"):
-        load_inception_pool3(tmp_path / "tensor.pth")
-    torch.save({"fc.weight": torch.zeros(2, 2048)}, tmp_path / "partial.pth")
-    with pytest.raises(MetricUnavailable, match="does not match torchvision's inception_v3"):
-        load_inception_pool3(tmp_path / "partial.pth")
+    with pytest.raises(MetricUnavailable, match="does not hold a state dict of tensors"):
+        load_fid_inception(tmp_path / "tensor.pth")
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "partial.pth")
+    with pytest.raises(MetricUnavailable, match=r"partial\.pth does not match the FID-Inception"):
+        load_fid_inception(tmp_path / "partial.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(MetricUnavailable, match=r"junk\.safetensors is not a readable safetensors"):
+        load_fid_inception(tmp_path / "junk.safetensors")
+    # torchvision's ImageNet inception_v3 (1000 classes, auxiliary head) is a different network
+    with torch.device("meta"):
+        imagenet = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    state = {key: torch.zeros(v.shape, dtype=v.dtype) for key, v in imagenet.state_dict().items()}
+    save_file(state, str(tmp_path / "imagenet.safetensors"))
+    with pytest.raises(MetricUnavailable, match="AuxLogits"):
+        load_fid_inception(tmp_path / "imagenet.safetensors")
 
 
-@pytest.mark.slow
-def test_inception_pool3_features_and_fid_end_to_end(tmp_path):
-    path = tmp_path / "inception.safetensors"
-    save_file(_inception_state(aux_logits=False, num_classes=3, rand=True), str(path))
-    model = load_inception_pool3(path)
-    real, fake = torch.rand(2, 1, 8, 8), torch.rand(2, 3, 8, 8)
-    assert extract_features(model, real).shape == (2, 2048)
-    value = fid(model, real, fake)
-    assert np.isfinite(value) and value >= -1e-6
+def test_fid_inception_features_equal_torchmetrics_own_extractor(fid_weights):
+    # torchmetrics builds its FID network from the same file through torch-fidelity's own loader
+    reference = FrechetInceptionDistance(
+        feature=2048, feature_extractor_weights_path=str(fid_weights), antialias=False
+    )
+    model = load_fid_inception(fid_weights)
+    images = _images(3, 3, 16, seed=0)
+    with torch.inference_mode():
+        expected = reference.inception((images * 255).round().to(torch.uint8))
+    got = extract_features(model, images, batch_size=2)
+    assert got.shape == (3, 2048) and got.std() > 0.01
+    torch.testing.assert_close(
+        got, expected.float(), rtol=1e-4, atol=1e-5 * float(expected.abs().max())
+    )
+    grey = _images(2, 1, 16, seed=1)
+    torch.testing.assert_close(
+        extract_features(model, grey), extract_features(model, grey.repeat(1, 3, 1, 1))
+    )
+    with pytest.raises(ValueError, match=r"got shape \(1, 2, 16, 16\)"):
+        model.features(torch.rand(1, 2, 16, 16))
+
+
+def test_fid_inception_end_to_end_zero_on_itself_positive_across_distributions(fid_weights):
+    model = load_fid_inception(fid_weights)
+    noise = _images(3, 1, 8, seed=2)  # tiny grey images: repeated to RGB and resized inside
+    bright = _images(3, 1, 8, seed=3, bright=True)
+    real = extract_features(model, noise)
+    scale = float(torch.cov(real.double().T).trace())  # FID's trace term, for relative checks
+    # measured (1 and 2 threads): same = -2.3e-6 * scale (round-off of the rank-2 covariances in
+    # 2048 dimensions), different = 23.5 * scale
+    assert abs(fid(model, noise, noise)) < 1e-3 * scale
+    assert fid(model, noise, bright) > 1.0 * scale
