@@ -9,7 +9,7 @@ here an unknown name or a value of the wrong type is a :class:`ParameterError` t
 the field and the expected type.
 
 Beyond the top-level types, :func:`check_study_parameters` checks what the nested values feed, before
-anything runs: every registry name (``dataset``, ``*_arch``, ``attacks``, the keys of
+anything runs: every registry name (``dataset``, ``*_arch``, ``attacks``, ``baselines``, the keys of
 ``attack_kwargs`` and ``query_budgets``, the ``name`` of each ``defenses`` entry) and every keyword
 mapping against the signature of the function it is passed to, read with :mod:`inspect` when the
 check runs (so a new attack, defense or dataset needs no change here). See :data:`KWARGS_FIELDS`
@@ -843,6 +843,14 @@ def _check_attacks(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
             yield from _check_registry_name(f"{field}[{i}]", name, attacks, "attack")
 
 
+def _check_baselines(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
+    yield from _check_list(field, value, what="baselines", empty_ok=True)
+    if isinstance(value, list):
+        known = _registry("mibench_lib.studies.harness", "BASELINES")
+        for i, name in enumerate(value):
+            yield from _check_registry_name(f"{field}[{i}]", name, known, "baseline")
+
+
 def _check_attack_kwargs(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
     if not isinstance(value, dict):
         yield (
@@ -987,6 +995,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Issues]] = {
     "classes": _check_classes,
     "thresholds": _check_thresholds,
     "attacks": _check_attacks,
+    "baselines": _check_baselines,
     "attack_kwargs": _check_attack_kwargs,
     "query_budgets": _check_query_budgets,
     "defenses": _check_defenses,

@@ -179,6 +179,8 @@ def test_a_new_attack_and_defense_need_no_change_in_the_checks(monkeypatch):
         ({"attack_kwargs": {"gmi": {"rng": 0}}}, "'rng' set by the study code"),
         ({"attacks": []}, "field 'attacks': empty list; give at least one attack"),
         ({"attacks": ["gmi", "gmi"]}, "field 'attacks[1]': repeats 'gmi'"),
+        ({"baselines": ["random"]}, "field 'baselines[0]': unknown baseline 'random'; known: "),
+        ({"baselines": "random_latent"}, "field 'baselines' expects a list of baselines"),
         ({"seeds": []}, "field 'seeds': empty list; give at least one seed"),
         ({"seeds": [0, 0]}, "field 'seeds[1]': repeats 0"),
         ({"seeds": [-1]}, "field 'seeds[0]' expects an int in [0, 2**63), got int (-1)"),
@@ -233,6 +235,8 @@ def test_field_problems(values, expected):
         {"attack_kwargs": {"gmi": {"lr": 1}}},  # an int passes for a float
         {"query_budgets": {"gmi": 10**15}},  # a budget is a cap, not a cost
         {"classes": []},
+        {"baselines": []},
+        {"baselines": ["random_latent", "blank_image", "mean_public"]},
         {"defenses": [{"name": "bido", "kwargs": {"layers": ["a", "b"]}}]},
         {"defenses": [{"name": "dp_sgd", "kwargs": {"epochs": None, "target_epsilon": 8}}]},
         {"gan": {"latent_dim": 16, "width": 8, "critic_width": 8}},
