@@ -38,6 +38,7 @@ def plot_trend(
     ylabel: str | None = None,
     title: str | None = None,
     floors: Mapping[str, float] | None = None,
+    dodge: float = 0.01,
 ) -> Axes:
     """Mean of ``y`` against ``x`` per ``hue``, each point with its 95 % interval as an error bar.
 
@@ -48,16 +49,22 @@ def plot_trend(
     Args:
         floors: Label -> value of trivial reference points (e.g. a blank image's Acc@1), drawn as
             dotted horizontal lines.
+        dodge: Sideways shift between curves, as a fraction of the x range (numeric x only).
     """
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     tidy = tidy_summary(df, [hue, x], [y])
     palette = sns.color_palette(n_colors=max(1, tidy[hue].nunique()))
     markers = "osD^vP*X"
+    xs = pd.to_numeric(tidy[x], errors="coerce")
+    # Shift each curve sideways a little so that equal means do not hide each other's bars.
+    step = dodge * float(xs.max() - xs.min() or 1.0) if xs.notna().all() else 0.0
+    n_curves = tidy[hue].nunique()
     for i, (name, grp) in enumerate(tidy.groupby(hue, sort=False)):
         grp = grp.sort_values(x)
         err = np.vstack([grp["mean"] - grp["ci_lo"], grp["ci_hi"] - grp["mean"]])
+        shift = (i - (n_curves - 1) / 2) * step
         ax.errorbar(
-            grp[x],
+            grp[x] + shift if step else grp[x],
             grp["mean"],
             yerr=np.nan_to_num(err),
             label=str(name),

@@ -43,7 +43,7 @@ samples_per_class = 1  # label entries per class handed to each attack
 # Trained artifacts (cached by a hash of their configuration)
 device = "auto"  # "auto", "cpu" or "cuda"
 workers = 0  # processes running attacks and trainings side by side (0: one per CPU thread, at most 8; 1: this one)
-cache_dir = ".mibench-cache"  # artifact cache folder
+cache_dir = ""  # artifact cache folder; empty: $MIBENCH_CACHE, else .mibench-cache
 model_seed = 0  # seeds the evaluator, the delta_face extractor and the GAN
 target_arch = "mnist_cnn"  # key of mibench_lib.models.MODELS
 evaluator_arch = "mnist_eval"  # evaluation model, trained on all classes of the dataset
@@ -57,6 +57,7 @@ gan_train = {{"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
 # Attacks
 seeds = [0, 1, 2]  # one target training run and one attack run per seed
 attacks = ["gmi", "brep_mi", "miface"]  # keys of mibench_lib.attacks.ATTACKS
+baselines = ["random_latent", "blank_image", "mean_public"]  # reference points scored like attacks (no queries)
 attack_kwargs = {{"gmi": {{"steps": 1500, "restarts": 5, "select": "all"}}, "brep_mi": {{"max_radius": 30.0, "missing_start": "random"}}, "miface": {{}}}}
 query_budgets = {{}}  # attack -> maximum number of target queries (absent: unlimited)
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
@@ -82,15 +83,16 @@ from mibench_lib import plots
 from mibench_lib.cache import ArtifactCache
 from mibench_lib.progress import headless, tqdm
 from mibench_lib.seeding import resolve_device, seed_everything
-from mibench_lib.studies.harness import BASELINE, prepare_setting
+from mibench_lib.stats import paired_table, summary_table
+from mibench_lib.studies.harness import prepare_setting
 from mibench_lib.studies.jobs import TargetRef, attack_order, attack_target, build_target, load_target
 from mibench_lib.studies.pool import StudyPool, default_workers
-from mibench_lib.studies.records import append_rows, completed_keys, mean_std_table, save_figure, save_table
+from mibench_lib.studies.records import append_rows, completed_keys, save_figure, save_table
 
 t_start = time.perf_counter()
 out = Path(out_dir)
 dev = resolve_device(device)
-cache = ArtifactCache(cache_dir)
+cache = ArtifactCache(cache_dir or None)
 seed_everything(model_seed)
 # Lazy: the evaluator, delta_face extractor and GAN are built (or loaded) by the pool's workers.
 setting = prepare_setting(
@@ -186,7 +188,6 @@ notebook in JupyterLab and run all cells (the defaults below are the embedded-de
 # This study
 target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001, "eval_every": 2}  # eval_every: steps between accuracy checks
 thresholds = [0.5, 0.8, 0.95, 0.99]  # checkpoint the first time test accuracy reaches each
-baseline = True  # also score random latents through the same generator
 """,
     ),
     md("## Set-up: data, evaluator, delta_face extractor and GAN prior (all cached)"),
@@ -202,7 +203,7 @@ from dataclasses import replace
 
 KEY = ["attack", "threshold", "seed"]
 done = completed_keys(out, KEY)
-names = ([BASELINE] if baseline else []) + list(attacks)
+names = list(baselines) + list(attacks)
 runs = {seed: TargetRef(target_arch, target_train, seed, thresholds=tuple(thresholds)) for seed in seeds}
 pool.wait([pool.submit(build_target, ref) for ref in runs.values()])
 checkpoints = {seed: load_target(setting, ref) for seed, ref in runs.items()}
@@ -227,21 +228,30 @@ df.tail()
     GAN_SAMPLES,
     md("## Results: mean ± std over seeds"),
     code("""
-METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "acc1_selected", "delta_eval", "delta_face", "fid",
-           "precision", "recall", "density", "coverage", "queries", "wall_time_s"]
-table = mean_std_table(df, ["attack", "threshold"], [m for m in METRICS if m in df])
+METRICS = ["target_test_acc", "target_acc", "acc1", "acc5", "acc1_selected", "delta_eval", "delta_face", "fid_eval",
+           "fid_inception", "precision", "recall", "density", "coverage", "queries", "wall_time_s"]
+table = summary_table(df, ["attack", "threshold"], [m for m in METRICS if m in df and df[m].notna().any()])
 save_table(table, out, "results_mean_std")
-display(Markdown(table.to_markdown(index=False)))
+display(Markdown("Mean ± std over seeds [95 % interval: accuracies two-stage bootstrap over seeds and "
+                 "entries, other metrics t over seeds]\\n\\n" + table.to_markdown(index=False)))
+paired = paired_table(df, "acc1", condition_col="attack", reference="random_latent", group_cols=["threshold"])
+save_table(paired, out, "paired_vs_random_latents")
+display(Markdown("Acc@1 minus random latents' on the same target and seed [95 % interval]; `supported`: "
+                 "the interval excludes 0\\n\\n" + paired.to_markdown(index=False)))
 """),
     code("""
 df["target accuracy"] = df.groupby("threshold")["target_test_acc"].transform("mean").round(3)
+curves = df[~df["attack"].isin(["blank_image", "mean_public"])]
+floors = {n.replace("_", " "): df.loc[df["attack"] == n, "acc1"].mean() for n in ["blank_image", "mean_public"]
+          if n in baselines}
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-plots.plot_trend(df, x="target accuracy", y="acc1", ax=axes[0], ylabel="evaluator Acc@1",
-                 title="Attack accuracy vs. target accuracy")
-plots.plot_trend(df, x="target accuracy", y="delta_eval", ax=axes[1], ylabel="delta_eval (lower = closer)",
+plots.plot_trend(curves, x="target accuracy", y="acc1", ax=axes[0], ylabel="evaluator Acc@1",
+                 title="Attack accuracy vs. target accuracy", floors=floors)
+plots.plot_trend(curves, x="target accuracy", y="delta_eval", ax=axes[1], ylabel="delta_eval (lower = closer)",
                  title="Feature distance to private data")
-plots.plot_trend(df, x="target accuracy", y="target_acc", ax=axes[2], ylabel="target's own accuracy",
+plots.plot_trend(curves, x="target accuracy", y="target_acc", ax=axes[2], ylabel="target's own accuracy",
                  title="Reconstructions that fool the target")
+fig.suptitle("Mean over seeds, error bars: 95 % intervals")
 save_figure(fig, out, "trends")
 plt.show()
 """),
@@ -252,8 +262,10 @@ long = top.melt(id_vars=["attack", "seed"], value_vars=["target_acc", "acc1", "a
 long["scored by"] = long["scored by"].map({"target_acc": "target (top-1)", "acc1": "evaluator Acc@1",
                                            "acc5": "evaluator Acc@5"})
 fig, ax = plt.subplots(figsize=(7, 4))
-sns.barplot(data=long, x="attack", y="accuracy", hue="scored by", errorbar="sd", ax=ax)
-ax.set_title("Most accurate checkpoint: fooling the target vs. convincing the evaluator")
+sns.barplot(data=long, x="attack", y="accuracy", hue="scored by", errorbar=("ci", 95), ax=ax)
+ax.set_ylim(0, 1.02)
+ax.tick_params(axis="x", rotation=30)
+ax.set_title("Most accurate checkpoint: fooling the target vs. convincing the evaluator (95 % CI over seeds)")
 save_figure(fig, out, "target_vs_evaluator")
 plt.show()
 """),
@@ -311,7 +323,7 @@ protected only at roughly k x epsilon).
         """
 # This study
 target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
-defenses = [{"name": "none"}, {"name": "mid", "kwargs": {"beta": 0.01}}]  # [{name, kwargs}] from mibench_lib.defenses.DEFENSES
+defenses = [{"name": "none"}, {"name": "mid", "kwargs": {"beta": 0.01}}]  # [{name, kwargs, attacks (optional subset)}] from mibench_lib.defenses.DEFENSES
 fisher = True  # per-layer Fisher information of the undefended and TL-DMI targets (needs a tl_dmi entry)
 reuse_identical_runs = True  # run an attack once when two defenses release exactly the same thing to it
 """,
@@ -344,8 +356,13 @@ specs = {label_of(spec): spec for spec in defenses}
 pool.wait([pool.submit(build_target, ref) for ref in refs.values()])
 targets = {key: load_target(setting, ref) for key, ref in refs.items()}
 futures, first_run, same_run = {}, {}, {}
-for name in attack_order(attacks):
+reference_label = label_of(defenses[0])  # the trivial floors are scored once per seed, on this target
+for name in attack_order(list(baselines) + list(attacks)):
     for (label, seed), ref in refs.items():
+        if name in baselines and label != reference_label:
+            continue
+        if name in attacks and name not in specs[label].get("attacks", attacks):  # e.g. sweep points: GMI only
+            continue
         tgt, spec = targets[(label, seed)], specs[label]
         columns = {"defense_label": label, "defense": spec["name"], "defense_kind": DEFENSE_KIND[spec["name"]],
                    "knob": tgt.defense.knob or "", "knob_value": tgt.defense.knob_value,
@@ -379,29 +396,35 @@ df.tail()
     SUMMARY,
     md("## Results: mean ± std over seeds"),
     code("""
-METRICS = ["natural_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid", "queries"]
-extra_cols = [c for c in df if c.startswith("defense_") and c != "defense_label" and c != "defense_kind"]
-table = mean_std_table(df, ["family", "attack", "defense_label"], [m for m in METRICS + extra_cols if m in df])
+METRICS = ["natural_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid_eval", "fid_inception",
+           "queries"]
+extra_cols = [c for c in df if c.startswith("defense_") and c not in ("defense_label", "defense_kind")
+              and pd.api.types.is_numeric_dtype(df[c])]
+table = summary_table(df, ["family", "attack", "defense_label"],
+                      [m for m in METRICS + extra_cols if m in df and df[m].notna().any()])
 save_table(table, out, "results_mean_std")
-display(Markdown(table.to_markdown(index=False)))
-utility = mean_std_table(df.drop_duplicates(["defense_label", "seed"]), ["defense_label"],
-                         ["natural_acc", *extra_cols])
+display(Markdown("Mean ± std over seeds [95 % interval: accuracies two-stage bootstrap over seeds and "
+                 "entries, other metrics t over seeds]\\n\\n" + table.to_markdown(index=False)))
+paired = paired_table(df[df["attack"].isin(attacks)], "acc1", condition_col="defense_label",
+                      reference=reference_label, group_cols=["attack"])
+save_table(paired, out, "paired_vs_undefended")
+display(Markdown(f"Acc@1 under each defense minus under `{reference_label}`, same seeds [95 % interval]; "
+                 "`supported`: the interval excludes 0\\n\\n" + paired.to_markdown(index=False)))
+utility = summary_table(df.drop_duplicates(["defense_label", "seed"]), ["defense_label"],
+                        ["natural_acc", *extra_cols], digits=3)
 save_table(utility, out, "natural_accuracy")
 display(Markdown(utility.to_markdown(index=False)))
 """),
     code("""
-means = df.groupby(["defense", "defense_label", "attack", "family"], as_index=False)[["natural_acc", "acc1"]].mean()
-fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.3), squeeze=False)
+floors = {n.replace("_", " "): df.loc[df["attack"] == n, "acc1"].mean() for n in baselines}
+fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.5), squeeze=False)
 for ax, name in zip(axes[0], attacks):
-    sub = means[means["attack"] == name].sort_values("natural_acc")
-    for d, grp in sub.groupby("defense"):
-        ax.plot(grp["natural_acc"], grp["acc1"], marker="o", label=d)
+    plots.plot_privacy_utility(df, attack=name, ax=ax, floors=floors)
     ax.set_xlabel("natural accuracy (private test)")
     ax.set_ylabel("attack Acc@1 (evaluator)")
-    ax.set_title(f"{name} ({sub['family'].iloc[0] if len(sub) else ''})")
-    ax.grid(alpha=0.3)
 axes[0][-1].legend(fontsize=8, loc="best")
-fig.suptitle("Privacy-utility plane: one curve per defense across its knob (lower right is better)")
+fig.suptitle("Privacy-utility plane: one curve per defense across its knob (lower right is better); "
+             "error bars: 95 % intervals")
 fig.tight_layout()
 save_figure(fig, out, "privacy_utility")
 plt.show()
@@ -519,8 +542,10 @@ undefended = {(norm, eps, seed): pool.submit(target_robust_accuracy, refs[("none
                                              steps=at_kwargs.get("eval_steps", 20), seed=seed)
               for (norm, eps, seed) in refs if norm != "none"}
 futures = {}
-for name in attack_order(attacks):
+for name in attack_order(list(baselines) + list(attacks)):
     for (norm, eps, seed), ref in refs.items():
+        if name in baselines and norm != "none":  # the trivial floors: once per seed, standard target
+            continue
         if (norm, eps, name, seed) not in done:
             job = pool.submit(attack_target, ref, name, seed=seed, tag=f"{norm}_{eps:g}_{name}_s{seed}")
             futures[job] = (norm, eps, seed)
@@ -536,18 +561,29 @@ df.tail()
     SUMMARY,
     md("## Results: mean ± std over seeds"),
     code("""
-METRICS = ["natural_acc", "robust_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid"]
-table = mean_std_table(df, ["attack", "norm", "eps"], [m for m in METRICS if m in df])
+METRICS = ["natural_acc", "robust_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_face", "fid_eval",
+           "fid_inception"]
+table = summary_table(df, ["attack", "norm", "eps"], [m for m in METRICS if m in df and df[m].notna().any()])
 save_table(table, out, "results_mean_std")
-display(Markdown(table.to_markdown(index=False)))
+display(Markdown("Mean ± std over seeds [95 % interval: accuracies two-stage bootstrap over seeds and "
+                 "entries, other metrics t over seeds]\\n\\n" + table.to_markdown(index=False)))
+df["target"] = [f"{n} {e:g}" for n, e in zip(df["norm"], df["eps"])]
+paired = paired_table(df[df["attack"].isin(attacks)], "acc1", condition_col="target", reference="none 0",
+                      group_cols=["attack"])
+save_table(paired, out, "paired_vs_standard")
+display(Markdown("Acc@1 against each robust target minus against the standard one, same seeds [95 % interval]; "
+                 "`supported`: the interval excludes 0\\n\\n" + paired.to_markdown(index=False)))
 """),
     code("""
-plot_df = pd.concat([df[df["norm"] == "none"].assign(norm=n) for n in eps_grid] + [df[df["norm"] != "none"]])
+floors = {n.replace("_", " "): df.loc[df["attack"] == n, "acc1"].mean() for n in baselines}
+attack_rows = df[df["attack"].isin(attacks)]
+plot_df = pd.concat([attack_rows[attack_rows["norm"] == "none"].assign(norm=n) for n in eps_grid]
+                    + [attack_rows[attack_rows["norm"] != "none"]])
 fig, axes = plt.subplots(2, len(eps_grid), figsize=(5.5 * len(eps_grid), 8), squeeze=False)
 for j, norm in enumerate(eps_grid):
     sub = plot_df[plot_df["norm"] == norm]
     plots.plot_trend(sub, x="eps", y="acc1", ax=axes[0][j], ylabel="evaluator Acc@1",
-                     title=f"{norm}: attack accuracy vs. training epsilon")
+                     title=f"{norm}: attack accuracy vs. training epsilon", floors=floors)
     plots.plot_trend(sub, x="eps", y="delta_eval", ax=axes[1][j], ylabel="delta_eval (lower = closer)",
                      title=f"{norm}: feature distance vs. training epsilon")
 fig.tight_layout()

@@ -899,9 +899,26 @@ def _check_defenses(field: str, value: Any, values: Mapping[str, Any]) -> Issues
         if not isinstance(entry, dict):
             yield at, f"expects a mapping {{name, kwargs}}, got {_describe(entry)}"
             continue
-        extra = [k for k in entry if k not in ("name", "kwargs")]
+        extra = [k for k in entry if k not in ("name", "kwargs", "attacks")]
         if extra:
-            yield at, f"unknown key {', '.join(repr(k) for k in extra)}; allowed: kwargs, name"
+            keys = ", ".join(repr(k) for k in extra)
+            yield at, f"unknown key {keys}; allowed: attacks, kwargs, name"
+        subset = entry.get("attacks")
+        if subset is not None:
+            study_attacks = values.get("attacks", [])
+            if not isinstance(subset, list) or not subset:
+                yield (
+                    f"{at}.attacks",
+                    f"expects a non-empty list of attacks, got {_describe(subset)}",
+                )
+            else:
+                bad = [a for a in subset if a not in study_attacks]
+                if bad:
+                    yield (
+                        f"{at}.attacks",
+                        f"{bad} not in the study's attacks {list(study_attacks)} "
+                        "(a defense entry can only narrow them)",
+                    )
         if "name" not in entry:
             yield at, "missing key 'name'"
             continue
