@@ -3,13 +3,15 @@
 Usage::
 
     mibench run parameters/<study>/<config>.yaml [-p KEY VALUE ...] [--force] [--out-root DIR]
-    mibench run-all [--study S] [--jobs N] [--force] [--include-tiny] [--out-root DIR]
+        [--wait]
+    mibench run-all [--study S] [--jobs N] [--force] [--include-tiny] [--out-root DIR] [--wait]
     mibench validate parameters/<study>/<config>.yaml [-p KEY VALUE ...]
     mibench list
 
-``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is one
-line on stderr and exit status 2; a failed run is one line naming the executed notebook and
-status 1.
+``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is
+reported on stderr (one line per problem) with exit status 2; a failed run is one line naming the
+executed notebook and status 1. A run whose output folder another run is writing is refused with
+status 1 (one line naming that run), or with ``--wait`` waits for it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=None, help="limit per cell in seconds")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     run.add_argument("--no-progress", action="store_true", help="hide the cell progress bar")
+    run.add_argument(
+        "--wait", action="store_true", help="wait while another run writes the output folder"
+    )
 
     run_all = sub.add_parser("run-all", help="run every configuration (tiny.yaml excluded)")
     run_all.add_argument("--study", default=None, help="only this study")
@@ -71,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_all.add_argument("--out-root", default=None, help="output root (default: <repo>/outputs)")
     run_all.add_argument("--timeout", type=int, default=None, help="limit per cell in seconds")
     run_all.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    run_all.add_argument(
+        "--wait", action="store_true", help="wait for configurations another run is writing"
+    )
 
     validate = sub.add_parser("validate", help="check a parameter file without running it")
     validate.add_argument("params_file", help="parameters/<study>/<config>.yaml")
@@ -138,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=not args.no_progress,
         force=args.force,
+        lock_timeout_s=None if args.wait else 0,
     )
     _say(str(out))
     return EXIT_OK
@@ -158,6 +167,7 @@ def _run_all(args: argparse.Namespace) -> int:
         force=args.force,
         kernel_name=args.kernel,
         timeout_s=args.timeout,
+        lock_timeout_s=None if args.wait else 0,
     )
     for r in results:
         _say(f"{r.status:12s} {r.study}/{r.config}  {r.detail}".rstrip())
@@ -179,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; None reads ``sys.argv[1:]``.
 
     Returns:
-        0 on success, 1 when a run failed, 2 for a usage, parameter or missing-file error.
+        0 on success, 1 when a run failed (or was refused: another run holds its output folder),
+        2 for a usage, parameter or missing-file error.
     """
-    from mibench_lib.studies.runner import RunFailedError
+    from mibench_lib.studies.runner import OutputLockedError, RunFailedError
 
     parser = build_parser()
     try:
@@ -204,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParameterError, FileNotFoundError, _UsageError) as err:
         _say(f"mibench: error: {err}", sys.stderr)
         return EXIT_USAGE
+    except OutputLockedError as err:
+        _say(f"mibench: run refused: {err}", sys.stderr)
+        return EXIT_FAILED
     except RunFailedError as err:
         _say(f"mibench: run failed: {err}", sys.stderr)
         return EXIT_FAILED

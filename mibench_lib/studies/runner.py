@@ -18,8 +18,18 @@ previous run had completed (so the code or notebook changed since), or with ``fo
 folder is first moved to ``<out_root>/_previous/<study>/<config>/`` so no stale result survives
 into the new run.
 
+One run at a time per output folder: a run holds the lock
+``<out_root>/.locks/<study>/<config>.lock`` (outside the folder it may move aside) from before it
+reads the completion marker until it writes it. A second run of the same configuration into the
+same ``out_root`` refuses at once with :class:`OutputLockedError`, naming the process that holds it,
+or with ``lock_timeout_s`` waits for it (and then usually finds the run complete and skips it).
+
+Study and configuration names (the parameter file's folder and stem) must match
+:data:`SAFE_NAME` (``[A-Za-z0-9][A-Za-z0-9_.-]*``): a file named ``..yaml`` would otherwise name the
+output folder ``<out_root>/<study>/.``, and moving that aside would move the whole study folder.
+
 ``run_all`` runs every configuration except ``tiny.yaml`` (the CI smoke test) and files whose name
-starts with ``_``. It also skips, and reports with the reason, configurations this machine cannot
+starts with ``_`` or ``.``. It also skips, and reports with the reason, configurations this machine cannot
 run (see :func:`unmet_requirements`): those naming a local path that does not exist in a key
 ``root``, ``*_root``, ``*_path`` or ``*_weights`` (top level, or inside a dict value such as
 ``dataset_kwargs: {root: data/celeba}``), and those asking for ``device: cuda`` without CUDA.
@@ -27,17 +37,23 @@ run (see :func:`unmet_requirements`): those naming a local path that does not ex
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import platform
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,32 +61,37 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from mibench_lib.progress import HEADLESS_ENV
 from mibench_lib.studies.params import (
     ParameterError,
     display_path,
     load_parameters,
     read_parameter_file,
+    safe_dump,
     safe_load,
 )
 
 __all__ = [
     "CODE_DIR",
+    "LOCKS",
     "MARKER",
     "NOTEBOOKS_DIR",
     "OUTPUTS_DIR",
     "PARAMETERS_DIR",
     "PREVIOUS",
     "REPO_ROOT",
+    "SAFE_NAME",
     "ConfigResult",
+    "OutputLockedError",
     "RunFailedError",
     "RunTarget",
+    "check_safe_name",
     "collect_environment",
+    "die_with_parent",
     "list_configs",
     "list_studies",
     "locate",
+    "lock_path",
     "run_all",
     "run_config",
     "source_tree_hash",
@@ -86,7 +107,10 @@ OUTPUTS_DIR: Path = REPO_ROOT / "outputs"
 CODE_DIR: Path = Path(__file__).resolve().parents[1]
 MARKER = "_complete.json"
 PREVIOUS = "_previous"
+LOCKS = ".locks"
 TINY = "tiny"
+#: What a study or configuration name may look like: it becomes a folder name under ``out_root``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 Status = Literal["ran", "skipped", "unavailable", "failed"]
 _PATH_SUFFIXES = ("_root", "_path", "_weights")
@@ -94,6 +118,10 @@ _PATH_SUFFIXES = ("_root", "_path", "_weights")
 
 class RunFailedError(RuntimeError):
     """A notebook cell raised, timed out or killed the kernel; the message names the notebook."""
+
+
+class OutputLockedError(RunFailedError):
+    """Another run holds the output folder's lock; the message names it and the lock file."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,8 @@ def list_configs(
 ) -> list[str]:
     """Configuration names (file stems) of ``<parameters_dir>/<study>/*.yaml``, sorted.
 
-    Files starting with ``_`` are not configurations; ``tiny`` is left out unless ``include_tiny``.
+    Files starting with ``_`` (shared fragments) or ``.`` (hidden, e.g. an editor's) are not
+    configurations; ``tiny`` is left out unless ``include_tiny``.
 
     Raises:
         FileNotFoundError: The study has no parameters folder.
@@ -148,7 +177,7 @@ def list_configs(
     return sorted(
         p.stem
         for p in folder.glob("*.yaml")
-        if not p.name.startswith("_") and (include_tiny or p.stem != TINY)
+        if not p.name.startswith(("_", ".")) and (include_tiny or p.stem != TINY)
     )
 
 
@@ -322,7 +351,8 @@ def locate(
 
     Raises:
         FileNotFoundError: The parameter file or its study notebook does not exist.
-        ParameterError: The file is not a ``.yaml`` file.
+        ParameterError: The file is not a ``.yaml`` file, or its folder or stem is not a
+            :data:`SAFE_NAME` (``..yaml`` would make the output folder ``<out_root>/<study>/.``).
     """
     params_path = Path(params_file).absolute()
     if not params_path.is_file():
@@ -330,6 +360,8 @@ def locate(
     if params_path.suffix not in {".yaml", ".yml"}:
         raise ParameterError(f"{display_path(params_path)}: expected a .yaml parameter file")
     study, config = params_path.parent.name, params_path.stem
+    check_safe_name(study, "study", params_path, "the parameter file's folder")
+    check_safe_name(config, "configuration", params_path, "the parameter file's stem")
     nb_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
     notebook = (nb_dir / f"{study}.ipynb").absolute()
     if not notebook.is_file():
@@ -339,6 +371,97 @@ def locate(
         )
     out = (Path(out_root) if out_root is not None else OUTPUTS_DIR).absolute() / study / config
     return RunTarget(params_path, study, config, notebook, out)
+
+
+def check_safe_name(
+    name: str, what: str, params_file: str | Path | None = None, origin: str = ""
+) -> None:
+    """Refuse a study or configuration name that is not a plain folder name (see :data:`SAFE_NAME`).
+
+    Args:
+        name: The study or configuration name.
+        what: ``"study"`` or ``"configuration"``, for the message.
+        params_file: The parameter file it comes from, for the message.
+        origin: Where the name comes from, for the message (``"the parameter file's stem"``).
+
+    Raises:
+        ParameterError: ``name`` is empty, ``.`` or ``..``, starts with a dot, dash or
+            underscore, or holds anything but letters, digits, ``_``, ``.`` and ``-``.
+
+    Example:
+        >>> check_safe_name("celeba64", "configuration")
+        >>> check_safe_name("..", "configuration")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ParameterError: configuration name '..' is not a plain folder name: ...
+    """
+    if SAFE_NAME.fullmatch(name) is None:
+        where = f"{display_path(params_file)}: " if params_file is not None else ""
+        origin = f" ({origin})" if origin else ""
+        raise ParameterError(
+            f"{where}{what} name {name!r}{origin} is not a plain folder name: use letters, "
+            "digits, '_', '.' and '-', starting with a letter or digit"
+        )
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of the output folder ``<out_root>/<study>/<config>``.
+
+    It lives in ``<out_root>/.locks/<study>/<config>.lock``: outside the folder, which a run may
+    move aside to ``_previous`` while holding the lock.
+    """
+    return out.parent.parent / LOCKS / out.parent.name / f"{out.name}.lock"
+
+
+def _holder(owner: Path) -> str:
+    try:
+        info = json.loads(owner.read_text())
+    except (OSError, ValueError):
+        return "another mibench process"
+    return (
+        f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: "
+        f"{info.get('command', '')}".rstrip(": ")
+    )
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, study: str, config: str, timeout_s: float | None) -> Iterator[None]:
+    """Hold the output folder's lock; refuse (``timeout_s=0``) or wait (seconds; None: forever)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = path.with_suffix(".owner.json")
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if timeout_s is not None and timeout_s <= 0:
+            raise OutputLockedError(
+                f"{study}/{config}: the output folder {display_path(out)} is in use by "
+                f"{_holder(owner)} (lock {display_path(path)}); wait for that run to finish "
+                "(or pass --wait), or choose another --out-root"
+            ) from None
+        logger.info("waiting for %s/%s: %s holds %s", study, config, _holder(owner), path)
+        try:
+            lock.acquire(timeout=-1 if timeout_s is None else timeout_s)
+        except Timeout:
+            raise OutputLockedError(
+                f"{study}/{config}: the output folder {display_path(out)} is still in use by "
+                f"{_holder(owner)} after {timeout_s:g} s (lock {display_path(path)})"
+            ) from None
+    try:
+        _write_json(
+            owner,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": _now(),
+                "command": " ".join(sys.argv),
+            },
+        )
+        yield
+    finally:
+        lock.release()
 
 
 def _previous_parameters(out: Path) -> dict[str, Any] | None:
@@ -374,16 +497,39 @@ def _run_config(
     progress: bool,
     force: bool,
     code_dir: str | Path | None,
+    lock_timeout_s: float | None = 0,
 ) -> tuple[Path, bool]:
     """:func:`run_config`, also returning whether the run was skipped as complete."""
+    target = locate(params_file, notebooks_dir=notebooks_dir, out_root=out_root)
+    params = load_parameters(target.params_file, target.notebook, overrides=overrides)
+    with _output_lock(target.out_dir, target.study, target.config, lock_timeout_s):
+        return _run_locked(
+            target,
+            params,
+            kernel_name=kernel_name,
+            timeout_s=timeout_s,
+            progress=progress,
+            force=force,
+            code_dir=code_dir,
+        )
+
+
+def _run_locked(
+    target: RunTarget,
+    params: Mapping[str, Any],
+    *,
+    kernel_name: str,
+    timeout_s: int | None,
+    progress: bool,
+    force: bool,
+    code_dir: str | Path | None,
+) -> tuple[Path, bool]:
+    """The part of :func:`_run_config` that needs the output folder to itself."""
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
-    target = locate(params_file, notebooks_dir=notebooks_dir, out_root=out_root)
-    params_path, study, config = target.params_file, target.study, target.config
-    notebook, out = target.notebook, target.out_dir
-    params = load_parameters(params_path, notebook, overrides=overrides)
+    study, config, notebook, out = target.study, target.config, target.notebook, target.out_dir
     injected = {"study": study, "config": config, "out_dir": str(out)}
     full = {**injected, **params}
     digest = _run_hash(notebook, full, source_tree_hash(code_dir if code_dir else CODE_DIR))
@@ -399,7 +545,7 @@ def _run_config(
         _move_aside(out)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "parameters.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    (out / "parameters.yaml").write_text(safe_dump(full))
     env = collect_environment()
     env["kernel_name"] = kernel_name
     env["started"] = _now()
@@ -466,6 +612,7 @@ def run_config(
     progress: bool = True,
     force: bool = False,
     code_dir: str | Path | None = None,
+    lock_timeout_s: float | None = 0,
 ) -> Path:
     """Validate one parameter file, execute its study notebook and return the output folder.
 
@@ -487,6 +634,8 @@ def run_config(
         force: Run even if a matching completion marker exists; the old folder is moved to
             ``<out_root>/_previous/<study>/<config>``.
         code_dir: Source tree whose hash enters the completion marker; default ``mibench_lib``.
+        lock_timeout_s: When another run holds the output folder: 0 refuses at once, a positive
+            number waits that many seconds, None waits until it is free.
 
     Returns:
         The absolute output folder ``<out_root>/<study>/<config>``.
@@ -496,6 +645,7 @@ def run_config(
         ParameterError: The parameters do not fit the notebook (nothing is written then).
         RunFailedError: A cell raised or timed out, or the kernel died; the message gives the path
             of the partially executed notebook and no completion marker is written.
+        OutputLockedError: Another run holds the output folder (a :class:`RunFailedError`).
     """
     out, _ = _run_config(
         params_file,
@@ -507,15 +657,91 @@ def run_config(
         progress=progress,
         force=force,
         code_dir=code_dir,
+        lock_timeout_s=lock_timeout_s,
     )
     return out
+
+
+# ----------------------------------------------------------------------------- process lifetime
+
+#: Signal the Linux kernel sends a worker when its parent dies (see :func:`die_with_parent`).
+PARENT_DEATH_SIGNAL = signal.SIGUSR1
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ORPHAN_EXIT = 70
+"""Exit status of a worker that ended because its parent had ended."""
+
+
+def _watch_parent(parent_pid: int, poll_s: float) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(ORPHAN_EXIT)
+        time.sleep(poll_s)
+
+
+def _on_parent_death(signum: int, frame: object) -> None:
+    # Linux also sends it when the *thread* that started this process ends while the process
+    # lives on (the worker is then handed to a sibling thread): exit only if the parent is gone.
+    if os.getppid() != _WATCHED_PARENT:
+        os._exit(ORPHAN_EXIT)
+
+
+_WATCHED_PARENT = -1
+
+
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to send :data:`PARENT_DEATH_SIGNAL` when the parent dies; False if it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False  # Python signal handlers can only be set from the main thread
+    signal.signal(PARENT_DEATH_SIGNAL, _on_parent_death)
+    return prctl(_PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0) == 0
+
+
+def die_with_parent(parent_pid: int | None = None, *, poll_s: float = 1.0) -> None:
+    """End this process as soon as its parent process ends, however the parent ended.
+
+    For worker processes (study pool workers, ``run-all`` jobs): a parent killed with SIGKILL runs
+    no cleanup, and a worker blocked on its task queue would otherwise wait forever, holding its
+    memory. On Linux the kernel signals the worker at once (``prctl(PR_SET_PDEATHSIG)``); on every
+    platform a daemon thread also checks ``os.getppid()`` every ``poll_s`` seconds. Either way the
+    worker leaves with ``os._exit`` (status :data:`ORPHAN_EXIT`): its work is lost, as the parent
+    that wanted it is gone.
+
+    Call it first thing in the child, with the parent's pid as the parent saw it
+    (``os.getpid()`` passed down), so that a parent that died before the call is noticed too.
+
+    Args:
+        parent_pid: The pid to outlive; None takes the current ``os.getppid()``.
+        poll_s: Seconds between checks of the watchdog thread.
+    """
+    global _WATCHED_PARENT
+    parent = os.getppid() if parent_pid is None else int(parent_pid)
+    _WATCHED_PARENT = parent
+    _set_parent_death_signal()
+    threading.Thread(
+        target=_watch_parent, args=(parent, poll_s), name="mibench-parent-watch", daemon=True
+    ).start()
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(ORPHAN_EXIT)
 
 
 # ----------------------------------------------------------------------------- many runs
 
 
-def _init_worker(threads: int) -> None:
-    """Give each parallel job an equal share of the cores; kernels inherit these variables."""
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Give each parallel job an equal share of the cores; kernels inherit these variables.
+
+    The job ends with the ``mibench`` process that started it; its notebook kernel ends with it
+    in turn (ipykernel watches the pid in ``JPY_PARENT_PID``, which jupyter_client sets).
+    """
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
 
@@ -575,6 +801,7 @@ def run_all(
     kernel_name: str = "python3",
     timeout_s: int | None = None,
     code_dir: str | Path | None = None,
+    lock_timeout_s: float | None = 0,
 ) -> list[ConfigResult]:
     """Run every configuration of one study (or of all studies), ``jobs`` at a time.
 
@@ -594,6 +821,8 @@ def run_all(
         kernel_name: As in :func:`run_config`.
         timeout_s: As in :func:`run_config`.
         code_dir: As in :func:`run_config`.
+        lock_timeout_s: As in :func:`run_config`: a configuration another run is writing is
+            reported as ``failed`` (0), or waited for.
 
     Returns:
         One :class:`ConfigResult` per configuration, in study and configuration order.
@@ -635,6 +864,7 @@ def run_all(
         "timeout_s": timeout_s,
         "force": force,
         "code_dir": code_dir,
+        "lock_timeout_s": lock_timeout_s,
     }
     if jobs == 1 or len(todo) <= 1:
         for index, path, name, config in todo:
@@ -645,7 +875,7 @@ def run_all(
             max_workers=min(jobs, len(todo)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(threads,),
+            initargs=(threads, os.getpid()),
         ) as pool:
             futures = {
                 pool.submit(_run_one, path, name, config, options): index

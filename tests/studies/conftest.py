@@ -32,6 +32,24 @@ class StudyTree:
         path.write_text(text)
         return path
 
+    def add_study(self, name: str, parameters: str, code: str) -> Path:
+        """A second study: notebook ``<name>.ipynb`` with these cells, and its parameters folder."""
+        import nbformat
+
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell(code)]
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        path = self.notebooks / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        (self.parameters / name).mkdir(exist_ok=True)
+        return path
+
     def run_kwargs(self) -> dict:
         return {
             "notebooks_dir": self.notebooks,
