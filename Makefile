@@ -1,5 +1,6 @@
 # make study : set up .venv and run every study configuration on the embedded default
-# make test  : set up .venv, lint, run the unit tests and the notebook smoke run
+# make test  : set up .venv, lint, run the unit tests, the doctests and the notebook smoke runs
+#              (PYTEST_WORKERS=1 runs them in one process)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -25,13 +26,13 @@ lint: setup
 	$(BIN)/ruff check .
 
 unit: setup
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook" tests --doctest-modules mibench_lib
 
 smoke: setup
 	$(BIN)/pytest -q -m notebook
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests --doctest-modules mibench_lib
 
 bench: setup
 	$(BIN)/python benchmarks/bench_study.py
