@@ -273,9 +273,10 @@ def brep_mi_attack(
             ``extras["found_start"]``, so a study scores it as the failure it is.
         query_batch: At most this many images are generated and sent to the oracle per call
             (start-point batches, sphere points of all running labels, the final images); None
-            sends each batch whole. Only memory changes: the queries, their count and (in eval
-            mode) the answers are the same. A CelebA run of 5000 entries asks for 160,000 sphere
-            images per iteration, which no GPU holds at once through a VGG16.
+            sends each batch whole. Only memory changes: the queries and their count are the
+            same, and in eval mode each image's answer does not depend on its batch (up to
+            floating-point rounding of batched kernels). A CelebA run of 5000 entries asks for
+            160,000 sphere images per iteration, more than a GPU holds at once through a VGG16.
         rng: CPU generator for start points and sphere directions (moved to the oracle's device).
         on_step: Progress hook ``on_step(iteration, max_iters or 0, info)``, called every 10
             iterations and at the last one, with the number of running labels, their mean radius

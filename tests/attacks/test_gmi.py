@@ -48,7 +48,8 @@ def test_beats_random_latents(digits_target, digits_generator, label_prob):
         random_images = digits_generator(torch.randn(6, 8, generator=_rng(1)).clamp(-1, 1))
     p_attack = label_prob(digits_target, res.images, labels)
     p_random = label_prob(digits_target, random_images, labels)
-    assert (p_attack > 0.9).all()
+    # measured: p_attack >= 0.966 (mean 0.985), p_random mean 0.33
+    assert (p_attack > 0.75).all()
     assert p_attack.mean() > p_random.mean() + 0.3
     torch.testing.assert_close(res.extras["target_prob"], p_attack)
     assert res.losses[-1] < res.losses[0]
@@ -81,8 +82,10 @@ def test_matches_official_loop_of_each_script(setting, digits_target, digits_gen
         (grad,) = torch.autograd.grad(total, z)
         v_prev, v = v, m * v - lr * grad
         z = (z.detach() - m * v_prev + (1 + m) * v).clamp(-1, 1)
-    assert float((res.latents - torch.randn(batch, 8, generator=_rng(3))).abs().max()) > 1e-3
-    torch.testing.assert_close(res.latents, z, rtol=1e-5, atol=1e-6)
+    # measured: latents move by up to 2.1-2.6 and agree to 7e-7; dividing by the wrong batch
+    # (100 instead of 5 on MNIST) changes them by 1.6
+    assert float((res.latents - torch.randn(batch, 8, generator=_rng(3))).abs().max()) > 0.5
+    torch.testing.assert_close(res.latents, z, rtol=1e-4, atol=1e-5)
 
 
 def test_per_latent_step_is_fixed_by_the_setting_not_the_batch(digits_target, digits_generator):
@@ -130,7 +133,7 @@ def test_prior_step_raises_critic_score(digits_generator, digits_target):
         generator=digits_generator,
         discriminator=disc,
         steps=1,
-        lr=1.0,
+        lr=10.0,
         lambda_iden=0.0,
         clip=10.0,
         restarts=1,
@@ -139,7 +142,7 @@ def test_prior_step_raises_critic_score(digits_generator, digits_target):
     with torch.no_grad():
         before = disc(digits_generator(torch.randn(4, 8, generator=_rng(0))))
         after = disc(res.images)
-    assert (after > before).all()
+    assert (after > before).all()  # measured: gains 7e-4 to 0.24; the flipped sign loses 7e-4+
     assert res.losses == pytest.approx([-float(before.mean())], rel=1e-5)
 
 

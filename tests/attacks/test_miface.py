@@ -55,7 +55,10 @@ def test_beats_zero_image(digits_target, label_prob):
     p_attack = label_prob(digits_target, res.images, labels)
     p_zero = label_prob(digits_target, torch.zeros(4, 1, 8, 8), labels)
     assert (p_attack >= p_zero).all()  # the argmin includes x_0 = 0
-    assert p_attack.mean() > p_zero.mean() + 0.2
+    # measured: label 2 rises from 0.06 to 0.99 and label 1 from 0.94 to 0.99 (mean gain 0.25);
+    # labels 0 and 3 (p_y 1e-6 and 5e-5 at x_0) stall at step 1 on the vanishing softmax gradient
+    assert (p_attack - p_zero).max() > 0.5
+    assert p_attack.mean() > p_zero.mean() + 0.1
     torch.testing.assert_close(res.extras["cost"], 1 - p_attack)
 
 
@@ -78,7 +81,7 @@ def test_first_step_from_zero_is_minus_lr_times_gradient():
     expected = -0.1 * _cost_grad(target, torch.zeros(1, 1, 8, 8), labels)
     assert 0 < float(expected.min()) and float(expected.max()) < 1  # no clamping involved
     assert res.extras["best_step"].tolist() == [1]
-    torch.testing.assert_close(res.images, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(res.images, expected, rtol=0, atol=1e-6)  # pixels 0.0025..0.05
 
 
 def test_first_step_is_clamped_to_pixel_range(digits_target):
@@ -146,17 +149,21 @@ def test_returns_lowest_cost_iterate_not_last(digits_target, label_prob):
 
 
 def test_stopped_samples_never_change(digits_target):
-    labels = torch.tensor([0, 1, 2, 3])
-    short = miface_attack(TargetOracle(digits_target), labels, lr=10.0, window=5, max_iter=100)
+    # lr 1: label 1 stops at step 1 (p_y 0.9935 >= 0.99), label 2 at step 3 (the step overshoots,
+    # its cost rises by 0.06); every stop decision before and at those steps clears its bound by
+    # >= 0.0035 (measured), so batched and lone runs cannot round to different stop steps.
+    # (Labels 0 and 3 are avoided: from x_0 their cost is 1 - 1e-6, where progress is a few ulps.)
+    labels = torch.tensor([1, 2, 2, 1])
+    short = miface_attack(TargetOracle(digits_target), labels, lr=1.0, window=5, max_iter=100)
     stops = short.extras["stop_step"]
     assert len(set(stops.tolist())) > 1 and int(stops.max()) < 100
     # more budget changes nothing once every sample has stopped: no queries, no movement
-    long = miface_attack(TargetOracle(digits_target), labels, lr=10.0, window=5, max_iter=200)
+    long = miface_attack(TargetOracle(digits_target), labels, lr=1.0, window=5, max_iter=200)
     assert torch.equal(short.images, long.images) and short.queries == long.queries
     # batching is per sample: each sample alone follows the same path and stops at the same step
     for i in range(4):
         alone = miface_attack(
-            TargetOracle(digits_target), labels[i : i + 1], lr=10.0, window=5, max_iter=100
+            TargetOracle(digits_target), labels[i : i + 1], lr=1.0, window=5, max_iter=100
         )
         assert alone.extras["stop_step"].item() == stops[i].item()
         torch.testing.assert_close(alone.images[0], short.images[i], rtol=0, atol=1e-4)
