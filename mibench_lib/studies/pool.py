@@ -12,12 +12,22 @@ per-key lock makes every artifact be built exactly once), and runs module-level 
 With ``workers=1`` jobs run in the calling process as they are submitted, in the notebook's own
 setting: the same code path for interactive debugging, for tests and for CUDA, where one process
 should own the GPU. Rows must not depend on the worker count; every job seeds itself.
+
+A failing job is never swallowed: :meth:`StudyPool.results` and :meth:`StudyPool.wait` raise a
+:class:`StudyJobError` that names the job (its function and arguments) and chains the job's own
+exception, once the jobs already running have finished and their results have been handed over
+(so a notebook appending rows as they come keeps every finished row); jobs still queued are
+cancelled and computed by the next run. Worker processes end with the process that started them
+(see :func:`~mibench_lib.studies.runner.die_with_parent`): killing ``mibench`` or the notebook
+kernel leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import reprlib
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
@@ -27,7 +37,7 @@ import torch
 from mibench_lib.progress import tqdm
 from mibench_lib.studies.harness import ARTIFACTS, StudySetting, prepare_setting
 
-__all__ = ["StudyPool", "default_workers"]
+__all__ = ["StudyJobError", "StudyPool", "default_workers", "describe_job"]
 
 #: Upper bound of the automatic worker count (an explicit ``workers`` may exceed it).
 MAX_AUTO_WORKERS = 8
@@ -52,8 +62,63 @@ def default_workers(device: torch.device | str, requested: int = 0) -> int:
     return max(1, min(torch.get_num_threads(), MAX_AUTO_WORKERS))
 
 
-def _init_worker(recipe: dict[str, Any], threads: int) -> None:
+class StudyJobError(RuntimeError):
+    """One or more pool jobs raised; the message names each failed job and its error.
+
+    Attributes:
+        failures: ``(job description, caller's key or None, exception)`` per failed job, in the
+            order they finished; the first exception is also the ``__cause__``.
+        cancelled: Jobs still queued at the first failure, cancelled (the next run computes them).
+    """
+
+    def __init__(
+        self, failures: list[tuple[str, Any, BaseException]], *, cancelled: int = 0
+    ) -> None:
+        self.failures = failures
+        self.cancelled = cancelled
+        lines = []
+        for job, key, err in failures[:5]:
+            where = f" (key {_short(key)})" if key is not None else ""
+            lines.append(f"job {job}{where} failed: {type(err).__name__}: {err}")
+        if len(failures) > 5:
+            lines.append(f"... and {len(failures) - 5} more failed jobs")
+        if cancelled:
+            lines.append(
+                f"{cancelled} queued job(s) cancelled; the results already handed over are "
+                "kept, and a rerun computes the rest"
+            )
+        super().__init__("\n".join(lines))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 80
+_REPR.maxother = 200
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = 8
+
+
+def _short(value: Any) -> str:
+    text = _REPR.repr(value)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def describe_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """``fn(arg, ..., key=value)`` as a short readable call, naming a job in error messages.
+
+    Example:
+        >>> describe_job(divmod, (7,), {"tag": "gmi_s0"})
+        "divmod(7, tag='gmi_s0')"
+    """
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _init_worker(recipe: dict[str, Any], threads: int, parent_pid: int | None = None) -> None:
     global _SETTING
+    if parent_pid is not None:
+        from mibench_lib.studies.runner import die_with_parent
+
+        die_with_parent(parent_pid)  # never outlive the kernel (or script) that owns the pool
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     torch.set_num_threads(threads)
@@ -87,13 +152,15 @@ class StudyPool:
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
+        # What each future computes, for error messages (forgotten with the future).
+        self._jobs: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
         if workers > 1:
             threads = max(1, torch.get_num_threads() // workers)
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(setting.recipe, threads),
+                initargs=(setting.recipe, threads, os.getpid()),
             )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -101,13 +168,19 @@ class StudyPool:
         if self._closed:
             raise RuntimeError("this StudyPool is closed")
         if self._executor is not None:
-            return self._executor.submit(_call, fn, args, kwargs)
-        future: Future = Future()
-        try:
-            future.set_result(fn(self.setting, *args, **kwargs))
-        except Exception as err:  # delivered by future.result(), exactly as from a worker
-            future.set_exception(err)
+            future = self._executor.submit(_call, fn, args, kwargs)
+        else:
+            future = Future()
+            try:
+                future.set_result(fn(self.setting, *args, **kwargs))
+            except Exception as err:  # delivered by future.result(), exactly as from a worker
+                future.set_exception(err)
+        self._jobs[future] = describe_job(fn, args, kwargs)
         return future
+
+    def job(self, future: Future) -> str:
+        """The job ``future`` computes, as ``fn(args...)`` (see :func:`describe_job`)."""
+        return self._jobs.get(future, "<a job of another pool>")
 
     def warm_up(self) -> list[Future]:
         """Queue the builds of the GAN prior, evaluator and extractor (GAN first: the longest)."""
@@ -116,33 +189,68 @@ class StudyPool:
         return [self.submit(build_artifact, name) for name in ARTIFACTS]
 
     def results(
-        self, futures: dict[Future, Any], *, desc: str = "jobs", progress: bool = True
+        self,
+        futures: dict[Future, Any],
+        *,
+        desc: str = "jobs",
+        progress: bool = True,
+        keep_going: bool = False,
     ) -> Iterator[tuple[Any, Any]]:
         """Yield ``(futures[f], f.result())`` as jobs finish, with a progress bar.
 
-        The first failing job cancels everything still queued (running jobs finish) and its
-        exception is raised here; results yielded before it are the caller's to keep.
+        A failing job is not yielded. At the first failure every job still queued is cancelled
+        (unless ``keep_going``: then every job runs); the jobs already running finish and their
+        results are still yielded, so the caller keeps every finished row. Then a
+        :class:`StudyJobError` naming each failed job (function, arguments and the caller's key)
+        is raised, chained to the first job's exception, and the pool is closed.
+
+        Args:
+            futures: Futures of this pool mapped to the caller's key for each (e.g. the columns
+                its row gets).
+            desc: Progress-bar label.
+            progress: Show the progress bar.
+            keep_going: Run every queued job even after a failure.
+
+        Raises:
+            StudyJobError: A job raised.
         """
+        failures: list[tuple[str, Any, BaseException]] = []
+        cancelled = 0
         bar = tqdm(total=len(futures), desc=desc, disable=not progress)
         try:
             for future in as_completed(futures):
-                result = future.result()
                 bar.update(1)
-                yield futures[future], result
-        except BaseException:
+                if future.cancelled():
+                    continue
+                err = future.exception()
+                if err is None:
+                    yield futures[future], future.result()
+                    continue
+                failures.append((self.job(future), futures[future], err))
+                if len(failures) == 1 and not keep_going:
+                    cancelled = sum(f.cancel() for f in futures)
+        except BaseException:  # the caller stopped early, or an interrupt: stop the workers
             self.close(cancel=True)
             raise
         finally:
             bar.close()
+        if failures:
+            self.close(cancel=True)
+            raise StudyJobError(failures, cancelled=cancelled) from failures[0][2]
 
     def wait(self, futures: Iterable[Future]) -> list[Any]:
-        """The results of ``futures`` in their order (raising the first error, as :meth:`results`)."""
+        """The results of ``futures`` in their order.
+
+        As :meth:`results`: at the first failure the queued jobs are cancelled, the running ones
+        finish, and a :class:`StudyJobError` names every failed job.
+
+        Raises:
+            StudyJobError: A job raised.
+        """
         futures = list(futures)
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            self.close(cancel=True)
-            raise
+        for _ in self.results(dict.fromkeys(futures), progress=False):
+            pass
+        return [f.result() for f in futures]
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers (after their queued jobs, or with ``cancel`` after the running ones)."""
