@@ -79,13 +79,16 @@ def gmi_attack(
     restarts: int = 5,
     clip: float = 1.0,
     select: Literal["best", "all"] = "best",
+    batch_size: int | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
     """Invert ``labels`` by searching the latent space of a public GAN with the target's gradients.
 
-    All ``len(labels) * restarts`` latents are optimised together in one batch. Latents are laid out
-    restart-major: latent ``r * N + i`` is restart ``r`` of entry ``i``.
+    All ``len(labels) * restarts`` latents are optimised together in one batch, or in consecutive
+    chunks of ``batch_size`` latents (each chunk runs all ``steps``). Every latent's update depends
+    only on its own loss (see ``loss_divisor``), so chunking changes memory, not the search.
+    Latents are laid out restart-major: latent ``r * N + i`` is restart ``r`` of entry ``i``.
 
     Args:
         oracle: White-box oracle of the target, (M, C, H, W) in [0, 1] -> (M, K) logits.
@@ -108,9 +111,12 @@ def gmi_attack(
         select: ``"best"`` returns, per entry, the restart with the highest target logit for its
             label (N images). ``"all"`` returns all ``N * restarts`` images, restart-major, with
             labels repeated and ``extras["selected"]`` marking each entry's best restart.
+        batch_size: Most latents put through G, D and the target at once; ``None``: all of them
+            (fastest on a CPU). Large face configurations (thousands of identities x restarts)
+            set it to fit GPU memory.
         rng: CPU generator for the initial latents (moved to the oracle's device afterwards).
         on_step: Progress hook ``on_step(step, steps, info)``, called every 10 steps and at the
-            last one, with the mean total, prior and identity losses.
+            last one, with the mean total, prior and identity losses (of the current chunk).
 
     Returns:
         InversionResult with images (N or N * restarts, C, H, W) on the CPU in [0, 1], their labels,
@@ -163,54 +169,41 @@ def gmi_attack(
         raise ValueError(f"clip must be positive, got {clip}")
     if select not in ("best", "all"):
         raise ValueError(f"select must be 'best' or 'all', got {select!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
 
     start_queries, t0 = oracle.queries, time.perf_counter()
     device = oracle.device
     n, dim = labels.numel(), generator.latent_dim
     y = labels.repeat(restarts).to(device)  # restart-major, matching z below
     z_init = torch.randn(restarts * n, dim, generator=rng)  # drawn on CPU for device-independence
-    losses: list[float] = []
+    m = restarts * n
+    chunk = m if batch_size is None else batch_size
+    loss_sums = torch.zeros(steps, dtype=torch.float64)
+    finals: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
     with eval_mode(generator, discriminator, oracle.module):
-        z = z_init.to(device).requires_grad_(True)
-        opt = torch.optim.SGD([z], lr=lr, momentum=momentum, nesterov=True)
-        for step in range(steps):
-            images = generator(z)
-            critic = discriminator(images)
-            if critic.shape != (z.shape[0],):
-                raise ValueError(
-                    f"discriminator must return one score per image, shape ({z.shape[0]},), "
-                    f"got {tuple(critic.shape)}"
+        for lo in range(0, m, chunk):
+            part = slice(lo, min(m, lo + chunk))
+            finals.append(
+                _search(
+                    oracle,
+                    generator,
+                    discriminator,
+                    z_init[part].to(device),
+                    y[part],
+                    loss_sums,
+                    steps=steps,
+                    lr=lr,
+                    loss_divisor=loss_divisor,
+                    momentum=momentum,
+                    lambda_iden=lambda_iden,
+                    clip=clip,
+                    on_step=on_step,
                 )
-            prior = -critic
-            iden = F.cross_entropy(oracle(images), y, reduction="none")
-            per_latent = prior + lambda_iden * iden
-            # Sum, not mean: a latent's gradient must not depend on how many latents share the
-            # batch. The fixed divisor reproduces the official script's per-latent step.
-            # autograd.grad w.r.t. z only: frozen networks never accumulate parameter gradients.
-            (grad,) = torch.autograd.grad(per_latent.sum() / loss_divisor, z)
-            z.grad = grad
-            opt.step()
-            with torch.no_grad():
-                z.clamp_(-clip, clip)
-            losses.append(float(per_latent.detach().mean()))
-            if on_step is not None and ((step + 1) % 10 == 0 or step + 1 == steps):
-                on_step(
-                    step + 1,
-                    steps,
-                    {
-                        "loss": losses[-1],
-                        "prior_loss": float(prior.detach().mean()),
-                        "iden_loss": float(iden.detach().mean()),
-                    },
-                )
-
-        with torch.no_grad():
-            z = z.detach()
-            images = generator(z)
-            logits = oracle(images).float()  # the selection pass: counted as queries
-            score = logits.gather(1, y[:, None]).squeeze(1)
-            prob = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+            )
+    z, images, score, prob = (torch.cat(parts) for parts in zip(*finals, strict=True))
+    losses = (loss_sums / m).tolist()
 
     best = score.view(restarts, n).argmax(dim=0)  # (N,) best restart per entry
     restart = torch.arange(restarts, device=device).repeat_interleave(n)
@@ -235,3 +228,65 @@ def gmi_attack(
             "selected": selected.cpu(),
         },
     )
+
+
+def _search(
+    oracle: TargetOracle,
+    generator: Generator,
+    discriminator: nn.Module,
+    z0: Tensor,
+    y: Tensor,
+    loss_sums: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    loss_divisor: float,
+    momentum: float,
+    lambda_iden: float,
+    clip: float,
+    on_step: StepCallback | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Optimise one chunk of latents; add each step's summed loss to ``loss_sums``.
+
+    Returns the final (latents, images, label logits, label probabilities) of the chunk.
+    """
+    z = z0.requires_grad_(True)
+    opt = torch.optim.SGD([z], lr=lr, momentum=momentum, nesterov=True)
+    for step in range(steps):
+        images = generator(z)
+        critic = discriminator(images)
+        if critic.shape != (z.shape[0],):
+            raise ValueError(
+                f"discriminator must return one score per image, shape ({z.shape[0]},), "
+                f"got {tuple(critic.shape)}"
+            )
+        prior = -critic
+        iden = F.cross_entropy(oracle(images), y, reduction="none")
+        per_latent = prior + lambda_iden * iden
+        # Sum, not mean: a latent's gradient must not depend on how many latents share the
+        # batch. The fixed divisor reproduces the official script's per-latent step.
+        # autograd.grad w.r.t. z only: frozen networks never accumulate parameter gradients.
+        (grad,) = torch.autograd.grad(per_latent.sum() / loss_divisor, z)
+        z.grad = grad
+        opt.step()
+        with torch.no_grad():
+            z.clamp_(-clip, clip)
+        loss_sums[step] += float(per_latent.detach().double().sum())
+        if on_step is not None and ((step + 1) % 10 == 0 or step + 1 == steps):
+            on_step(
+                step + 1,
+                steps,
+                {
+                    "loss": float(per_latent.detach().mean()),
+                    "prior_loss": float(prior.detach().mean()),
+                    "iden_loss": float(iden.detach().mean()),
+                },
+            )
+
+    with torch.no_grad():
+        z = z.detach()
+        images = generator(z)
+        logits = oracle(images).float()  # the selection pass: counted as queries
+        score = logits.gather(1, y[:, None]).squeeze(1)
+        prob = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+    return z, images, score, prob

@@ -73,6 +73,7 @@ def miface_attack(
     max_iter: int = 5000,
     window: int = 100,
     threshold: float = 0.99,
+    batch_size: int | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
@@ -90,6 +91,8 @@ def miface_attack(
         threshold: A sample stops after the first step at which the target's softmax
             probability of its label is ``>= threshold`` (cost ``<= 1 - threshold``); 0.99 as
             ART's default. Algorithm 1's literal test ``c <= gamma`` is ``threshold = 1 - gamma``.
+        batch_size: Most samples descended at once, in consecutive chunks; ``None``: all of
+            them. Samples are independent, so chunking changes memory, not the result.
         rng: Unused (the attack is deterministic); accepted for a uniform attack interface.
         on_step: Progress hook ``on_step(step, max_iter, info)``, called every 10 steps and at the
             last one, with the mean current cost and the number of samples still running.
@@ -133,51 +136,26 @@ def miface_attack(
         raise ValueError(f"window must be >= 1, got {window}")
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
 
     start_queries, t0 = oracle.queries, time.perf_counter()
     device = oracle.device
     n = labels.numel()
     y = labels.to(device)
-    losses: list[float] = []
-
+    chunk = max(1, n if batch_size is None else batch_size)
     with eval_mode(oracle.module):
-        x = torch.zeros(n, *oracle.input_shape, device=device)
-        cost, grad, _ = _cost_and_grad(oracle, x, y)
-        best_x, best_cost = x.clone(), cost.clone()
-        best_step = torch.zeros(n, dtype=torch.long, device=device)
-        stop_step = torch.full((n,), max_iter, dtype=torch.long, device=device)
-        # Ring buffer of the last `window` costs; -inf marks slots not yet filled.
-        history = torch.full((n, window), float("-inf"), device=device)
-        history[:, 0] = cost
-        active = torch.ones(n, dtype=torch.bool, device=device)
-        if max_iter == 0:
-            stop_step.zero_()
-            active.zero_()
-
-        for step in range(1, max_iter + 1):
-            if not active.any():
-                break
-            idx = active.nonzero().squeeze(1)
-            x_new = (x[idx] - lr * grad[idx]).clamp(0.0, 1.0)
-            c_new, g_new, p_new = _cost_and_grad(oracle, x_new, y[idx])
-            x[idx], grad[idx], cost[idx] = x_new, g_new, c_new
-
-            no_progress = c_new >= history[idx].max(dim=1).values
-            history[idx, step % window] = c_new  # overwrites c_{step - window}, now out of range
-
-            better = c_new < best_cost[idx]
-            improved = idx[better]
-            best_x[improved], best_cost[improved] = x_new[better], c_new[better]
-            best_step[improved] = step
-
-            stop = no_progress | (p_new >= threshold) | (step == max_iter)
-            stopped = idx[stop]
-            stop_step[stopped] = step
-            active[stopped] = False
-
-            losses.append(float(cost.mean()))
-            if on_step is not None and (step % 10 == 0 or not active.any() or step == max_iter):
-                on_step(step, max_iter, {"loss": losses[-1], "active": float(active.sum())})
+        parts = [
+            _descend(oracle, y[lo : lo + chunk], lr, max_iter, window, threshold, on_step)
+            for lo in range(0, n, chunk)
+        ]
+    best_x, best_cost, best_step, stop_step, cost = (
+        torch.cat([p[i] for p in parts]) for i in range(5)
+    )
+    # Mean cost over all samples after each step; a chunk that stopped early keeps its last sum.
+    longest = max(len(p[5]) for p in parts)
+    sums = [p[5] + [p[5][-1]] * (longest - len(p[5])) if p[5] else [] for p in parts]
+    losses = [sum(col) / n for col in zip(*sums, strict=True)] if all(sums) else []
 
     return InversionResult(
         attack="miface",
@@ -194,3 +172,58 @@ def miface_attack(
             "last_cost": cost.cpu(),
         },
     )
+
+
+def _descend(
+    oracle: TargetOracle,
+    y: Tensor,
+    lr: float,
+    max_iter: int,
+    window: int,
+    threshold: float,
+    on_step: StepCallback | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[float]]:
+    """Algorithm 1 for one chunk of labels.
+
+    Returns (best images, their costs, best steps, stop steps, last costs, summed cost per step).
+    """
+    n, device = y.numel(), y.device
+    x = torch.zeros(n, *oracle.input_shape, device=device)
+    cost, grad, _ = _cost_and_grad(oracle, x, y)
+    best_x, best_cost = x.clone(), cost.clone()
+    best_step = torch.zeros(n, dtype=torch.long, device=device)
+    stop_step = torch.full((n,), max_iter, dtype=torch.long, device=device)
+    # Ring buffer of the last `window` costs; -inf marks slots not yet filled.
+    history = torch.full((n, window), float("-inf"), device=device)
+    history[:, 0] = cost
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    if max_iter == 0:
+        stop_step.zero_()
+        active.zero_()
+    sums: list[float] = []
+
+    for step in range(1, max_iter + 1):
+        if not active.any():
+            break
+        idx = active.nonzero().squeeze(1)
+        x_new = (x[idx] - lr * grad[idx]).clamp(0.0, 1.0)
+        c_new, g_new, p_new = _cost_and_grad(oracle, x_new, y[idx])
+        x[idx], grad[idx], cost[idx] = x_new, g_new, c_new
+
+        no_progress = c_new >= history[idx].max(dim=1).values
+        history[idx, step % window] = c_new  # overwrites c_{step - window}, now out of range
+
+        better = c_new < best_cost[idx]
+        improved = idx[better]
+        best_x[improved], best_cost[improved] = x_new[better], c_new[better]
+        best_step[improved] = step
+
+        stop = no_progress | (p_new >= threshold) | (step == max_iter)
+        stopped = idx[stop]
+        stop_step[stopped] = step
+        active[stopped] = False
+
+        sums.append(float(cost.double().sum()))
+        if on_step is not None and (step % 10 == 0 or not active.any() or step == max_iter):
+            on_step(step, max_iter, {"loss": sums[-1] / n, "active": float(active.sum())})
+    return best_x, best_cost, best_step, stop_step, cost, sums

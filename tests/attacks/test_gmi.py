@@ -299,3 +299,25 @@ def test_bad_arguments_raise():
             steps=1,
             restarts=1,
         )
+
+
+def test_chunked_batches_give_the_same_search():
+    """batch_size only splits the latents into consecutive chunks: same images, queries, losses."""
+    oracle_args = (tiny_classifier(),)
+    kwargs = dict(
+        generator=tiny_generator(),
+        discriminator=tiny_discriminator(),
+        steps=6,
+        restarts=3,
+        select="all",
+    )
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    whole = gmi_attack(TargetOracle(*oracle_args), labels, rng=_rng(), **kwargs)
+    chunked = gmi_attack(TargetOracle(*oracle_args), labels, rng=_rng(), batch_size=4, **kwargs)
+    torch.testing.assert_close(chunked.images, whole.images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked.latents, whole.latents, atol=1e-5, rtol=0)
+    assert chunked.queries == whole.queries == (6 + 1) * 15
+    assert chunked.losses == pytest.approx(whole.losses, abs=1e-4)
+    assert torch.equal(chunked.extras["selected"], whole.extras["selected"])
+    with pytest.raises(ValueError, match="batch_size"):
+        gmi_attack(TargetOracle(*oracle_args), labels, batch_size=0, **kwargs)

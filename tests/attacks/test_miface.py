@@ -209,3 +209,17 @@ def test_bad_arguments_raise():
         miface_attack(oracle, torch.tensor([0]), threshold=1.5)
     with pytest.raises(ValueError, match="window"):
         miface_attack(oracle, torch.tensor([0]), window=0)
+
+
+def test_chunked_batches_give_the_same_images(digits_target):
+    labels = torch.tensor([0, 1, 2, 3, 2])
+    whole = miface_attack(TargetOracle(digits_target), labels, max_iter=30, window=5)
+    chunked = miface_attack(
+        TargetOracle(digits_target), labels, max_iter=30, window=5, batch_size=2
+    )
+    torch.testing.assert_close(chunked.images, whole.images, atol=1e-5, rtol=0)
+    assert torch.equal(chunked.extras["stop_step"], whole.extras["stop_step"])
+    assert chunked.queries == whole.queries
+    assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        miface_attack(TargetOracle(digits_target), labels, batch_size=0)
