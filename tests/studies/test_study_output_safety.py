@@ -224,6 +224,74 @@ def test_killing_mibench_ends_its_notebook_kernel(tree, tmp_path):
     assert not (out / MARKER).exists()
 
 
+POOL_STUDY = "pool_study"
+POOL_PARAMETERS = """\
+study = "x"
+config = "y"
+out_dir = ""
+cache_dir = ""
+"""
+POOL_CODE = """\
+import os
+import time
+from pathlib import Path
+
+from mibench_lib.cache import ArtifactCache
+from mibench_lib.studies.harness import prepare_setting
+from mibench_lib.studies.pool import StudyPool
+
+setting = prepare_setting(
+    cache=ArtifactCache(cache_dir),
+    dataset="digits",
+    dataset_kwargs={"resolution": 16},
+    classes=[0],
+    samples_per_class=1,
+    model_seed=0,
+    evaluator_arch="mnist_eval",
+    evaluator_train={"epochs": 1},
+    face_arch="mnist_resnet",
+    face_train={"epochs": 1},
+    face_weights="",
+    gan={"latent_dim": 16, "width": 8, "critic_width": 8},
+    gan_train={"epochs": 1},
+    attacks=["miface"],
+    attack_kwargs={},
+    query_budgets={},
+    inception_weights="",
+    device="cpu",
+    out_dir=None,
+    progress=False,
+    eager=False,
+)
+pool = StudyPool(setting, workers=2)
+pool.wait([pool.submit(getattr, "device") for _ in range(2)])
+pids = [os.getpid(), *pool._executor._processes]
+Path(out_dir, "pids").write_text(" ".join(str(p) for p in pids))
+time.sleep(600)
+"""
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_killing_mibench_ends_the_kernel_and_its_pool_workers(tree, tmp_path):
+    tree.add_study(POOL_STUDY, POOL_PARAMETERS, POOL_CODE)
+    path = tree.parameters / POOL_STUDY / "p.yaml"
+    path.write_text(f"cache_dir: {tmp_path / 'cache'}\n")
+    out = tree.outputs / POOL_STUDY / "p"
+    proc = _mibench(tree, "run", str(path), "--out-root", str(tree.outputs), "--no-progress")
+    try:
+        _wait_for(lambda: (out / "pids").exists(), 300, "the kernel's pool")
+        kernel, *workers = (int(p) for p in (out / "pids").read_text().split())
+        assert len(workers) == 2 and all(_alive(p) for p in (kernel, *workers))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for pid in (kernel, *workers):
+            _wait_for(lambda pid=pid: not _alive(pid), 60, f"process {pid} to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 CHILD = textwrap.dedent(
     """\
     import multiprocessing, os, sys, time
