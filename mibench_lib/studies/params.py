@@ -1064,7 +1064,7 @@ def check_study_parameters(
         ...     check_study_parameters({"attack_kwargs": {"gmi": {"stepz": 3}}}, source="x.yaml")
         ... except ParameterError as err:
         ...     print(err)  # doctest: +ELLIPSIS
-        x.yaml: field 'attack_kwargs.gmi': unknown key 'stepz'; allowed: clip, ..., steps
+        x.yaml: field 'attack_kwargs.gmi': unknown key 'stepz'; allowed: ..., lr, ..., steps
     """
     problems: list[str] = []
     for name, value in values.items():
