@@ -27,7 +27,7 @@ def test_target_checkpoints_cached_and_reused(tmp_path, split):
         split,
         arch="mnist_cnn",
         train_cfg=TRAIN,
-        thresholds=[0.5, 0.8],
+        thresholds=[0.5, 0.7],  # best accuracy 0.95-0.98 over seeds 0-4
         seed=0,
         progress=False,
     )
@@ -37,12 +37,12 @@ def test_target_checkpoints_cached_and_reused(tmp_path, split):
         split,
         arch="mnist_cnn",
         train_cfg=TRAIN,
-        thresholds=[0.8, 0.5],
+        thresholds=[0.7, 0.5],
         seed=0,
         progress=False,
     )
     assert sorted(tmp_path.rglob("*.safetensors")) == files and len(files) == 1
-    assert [c.threshold for c in a] == [0.5, 0.8]
+    assert [c.threshold for c in a] == [0.5, 0.7]
     for ca, cb in zip(a, b):
         assert ca.test_acc == cb.test_acc >= ca.threshold
         assert accuracy(cb.model, split.private_test) == pytest.approx(cb.test_acc)
@@ -53,7 +53,7 @@ def test_target_checkpoints_cached_and_reused(tmp_path, split):
         split,
         arch="mnist_cnn",
         train_cfg=TRAIN,
-        thresholds=[0.5, 0.8],
+        thresholds=[0.5, 0.7],
         seed=1,
         progress=False,
     )
@@ -140,7 +140,17 @@ def test_output_defenses_share_the_undefended_target(tmp_path, split):
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs"), [("mid", {"beta": 0.01}), ("tl_dmi", {"pretrain_epochs": 1})]
+    ("name", "kwargs"),
+    [
+        ("mid", {"beta": 0.01}),
+        ("tl_dmi", {"pretrain_epochs": 1}),
+        # the matched baseline of DP-SGD, as a study lists it: GroupNorm, no noise, no clipping
+        pytest.param(
+            "dp_sgd",
+            {"noise_multiplier": 0, "max_grad_norm": None},
+            marks=pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+        ),
+    ],
 )
 def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
     from mibench_lib.artifacts import cached_defended_target
@@ -157,6 +167,13 @@ def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
     assert frozen == [n for n, p in again.model.named_parameters() if not p.requires_grad]
     if name == "tl_dmi":
         assert frozen and again.extra["theta_C"] > 0
+    if name == "dp_sgd":
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in again.model.modules())
+        assert any(isinstance(m, torch.nn.GroupNorm) for m in again.model.modules())
+        assert again.extra["epsilon"] == first.extra["epsilon"] == float("inf")
+        assert again.extra["max_grad_norm"] == float("inf")
+        assert again.extra["noise_multiplier"] == 0.0
+        assert accuracy(again.model, split.private_test) == pytest.approx(again.natural_acc)
 
 
 def test_public_labelled_excludes_private_classes(split):

@@ -19,8 +19,18 @@ epoch selection on private data spends budget that the reported epsilon does not
 
 Architecture. BatchNorm mixes the images of a batch and has no per-image gradient, so
 :func:`make_dp_compatible` swaps it for GroupNorm (opacus ``ModuleValidator.fix``). The defense's
-``build`` does only that, leaving the training recipe unchanged; train the undefended baseline on
-``make_dp_compatible(model)`` too for a like-for-like comparison.
+``build`` does only that, leaving the training recipe unchanged.
+
+Matched baseline. The GroupNorm swap alone changes accuracy and what an attack recovers, so a
+DP-SGD target must be compared with an undefended target *of the same architecture and recipe*, not
+with the BatchNorm one. ``dp_sgd_defense(noise_multiplier=0, max_grad_norm=None)`` is that
+baseline: the same GroupNorm model, optimizer, learning rate, opacus engine, Poisson sampling and
+normalisation by the expected batch size ``q N``, with only the two privacy mechanisms off (no
+noise, no clipping). Its step is exactly the non-private step on the same Poisson batch with the
+loss summed over the batch and divided by ``q N``; its epsilon is reported as ``inf``. Poisson
+sampling is kept on purpose, so that the comparison isolates noise and clipping from the batch
+sampling (variable batch sizes, examples skipped or repeated within an epoch). In a study's
+``defenses:`` list: ``{name: dp_sgd, kwargs: {noise_multiplier: 0, max_grad_norm: null}}``.
 
 Data loading. The training loop's loader indexes an in-memory :class:`ImageSet` once per batch.
 opacus rebuilds a loader as a ``DPDataLoader`` that fetches images one by one and collates them
@@ -43,6 +53,7 @@ not for a deployed guarantee (``secure_mode=True`` needs the ``torchcsprng`` pac
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -60,6 +71,11 @@ from mibench_lib.defenses._defense import Defense
 __all__ = ["dp_sgd_defense", "make_dp_compatible", "unwrap_dp_model"]
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp", "gdp")
+
+#: The clipping bound handed to opacus for ``max_grad_norm=None``. No finite gradient norm reaches
+#: it, so every per-image clip factor ``min(1, C / (norm + 1e-6))`` is exactly 1, and the noise
+#: std ``sigma * C`` is exactly 0 for ``sigma = 0`` (``inf`` would make it ``0 * inf = nan``).
+NO_CLIPPING: float = float(torch.finfo(torch.float32).max)
 
 
 def make_dp_compatible(model: nn.Module) -> nn.Module:
@@ -170,7 +186,7 @@ def dp_cross_entropy(
 def dp_sgd_defense(
     *,
     noise_multiplier: float = 1.0,
-    max_grad_norm: float = 1.0,
+    max_grad_norm: float | None = 1.0,
     target_epsilon: float | None = None,
     delta: float = 1e-5,
     epochs: int | None = None,
@@ -184,7 +200,10 @@ def dp_sgd_defense(
     Args:
         noise_multiplier: sigma, noise std over the clipping norm (>= 0; 0 gives epsilon = inf).
             Ignored when ``target_epsilon`` is given.
-        max_grad_norm: C, the per-image gradient clipping norm (> 0).
+        max_grad_norm: C, the per-image gradient clipping norm (> 0). None: no clipping, only
+            with ``noise_multiplier=0`` and no ``target_epsilon`` (noise without a clipping bound
+            protects nothing). ``noise_multiplier=0, max_grad_norm=None`` is the matched
+            non-private baseline described in the module docstring.
         target_epsilon: If given, opacus picks sigma so that ``epochs`` epochs spend this epsilon
             (``make_private_with_epsilon``). Training longer than ``epochs`` spends more; the
             reported epsilon is always the one actually spent.
@@ -202,8 +221,9 @@ def dp_sgd_defense(
         A :class:`Defense` named ``"dp_sgd"``: ``build`` = :func:`make_dp_compatible`, ``loss`` =
         :func:`dp_cross_entropy`, ``prepare`` wraps (model, optimizer, loader) with a fresh
         ``PrivacyEngine``, and ``after_training`` reports ``epsilon`` (at ``delta``), ``delta``,
-        ``noise_multiplier``, ``max_grad_norm``, ``sample_rate`` and ``steps`` of the last training
-        prepared with this defense instance.
+        ``noise_multiplier``, ``max_grad_norm`` (``inf`` without clipping), ``sample_rate`` and
+        ``steps`` of the last training prepared with this defense instance. ``epsilon`` is ``inf``
+        whenever no noise was added.
 
     Raises:
         ValueError: a value out of range, an unknown accountant, ``target_epsilon`` without
@@ -213,11 +233,20 @@ def dp_sgd_defense(
         >>> d = dp_sgd_defense(noise_multiplier=1.5)
         >>> d.name, d.knob, d.knob_value
         ('dp_sgd', 'noise_multiplier', 1.5)
+        >>> dp_sgd_defense(noise_multiplier=0, max_grad_norm=None).config["max_grad_norm"] is None
+        True
     """
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    if max_grad_norm <= 0:
-        raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+    if max_grad_norm is not None and not 0 < max_grad_norm < math.inf:
+        raise ValueError(
+            f"max_grad_norm must be positive and finite (None: no clipping), got {max_grad_norm}"
+        )
+    if max_grad_norm is None and (noise_multiplier != 0 or target_epsilon is not None):
+        raise ValueError(
+            "max_grad_norm=None (no clipping) needs noise_multiplier=0 and no target_epsilon: "
+            "without a clipping bound the noise gives no privacy guarantee"
+        )
     if target_epsilon is not None and target_epsilon <= 0:
         raise ValueError(f"target_epsilon must be positive or None, got {target_epsilon}")
     if not 0 < delta < 1:
@@ -251,7 +280,7 @@ def dp_sgd_defense(
             "module": model,
             "optimizer": optimizer,
             "data_loader": _batched_loader(loader, generator=sample_rng),
-            "max_grad_norm": max_grad_norm,
+            "max_grad_norm": NO_CLIPPING if max_grad_norm is None else max_grad_norm,
             "poisson_sampling": poisson_sampling,
             "noise_generator": noise_rng,
         }
@@ -279,7 +308,7 @@ def dp_sgd_defense(
             "epsilon": eps,
             "delta": delta,
             "noise_multiplier": sigma,
-            "max_grad_norm": max_grad_norm,
+            "max_grad_norm": float("inf") if max_grad_norm is None else max_grad_norm,
             "sample_rate": float(state["sample_rate"]),
             "steps": float(steps),
         }

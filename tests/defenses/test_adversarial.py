@@ -105,14 +105,13 @@ def test_pgd_crafts_in_eval_mode_and_restores_the_mode():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_pgd_raises_the_loss_above_random_noise():
-    model = tiny_classifier()
-    x = torch.rand(16, 1, 8, 8, generator=_gen(3))
-    y = torch.arange(16) % 4
+def test_pgd_raises_the_loss_above_random_noise(digits16, standard_mlp):
+    x, y = digits16.private_test.images[:64], digits16.private_test.labels[:64]
     noise = (x + 0.1 * torch.randn(x.shape, generator=_gen(4)).sign()).clamp(0, 1)
-    x_adv = pgd_attack(model, x, y, eps=0.1, alpha=0.025, steps=10, rng=_gen())
+    x_adv = pgd_attack(standard_mlp, x, y, eps=0.1, alpha=0.025, steps=10, rng=_gen())
     with torch.no_grad():
-        assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(noise), y)
+        # seeds 0-5: about 2.0-2.5 after PGD, 0.06-0.12 after random signs of the same size
+        assert F.cross_entropy(standard_mlp(x_adv), y) > F.cross_entropy(standard_mlp(noise), y) + 1
 
 
 @pytest.mark.parametrize(
@@ -180,7 +179,7 @@ def test_adversarial_training_raises_robust_accuracy(digits16, standard_mlp):
     assert extra["clean_acc"] == pytest.approx(report.test_acc)
     assert 0 <= extra["robust_acc"] <= extra["clean_acc"]
     standard = robust_accuracy(standard_mlp, digits16.private_test, eps=eps, steps=20)
-    assert extra["robust_acc"] > standard + 0.2
+    assert extra["robust_acc"] > standard + 0.15  # gain 0.36-0.46 over seeds 0-4
 
 
 def test_loss_hook_trains_on_adversarial_examples_only():

@@ -114,10 +114,12 @@ def test_invariant_to_a_joint_row_permutation(measure):
 
 @pytest.mark.parametrize("measure", ["hsic", "coco"])
 def test_self_dependence_exceeds_dependence_on_independent_noise(measure):
+    # 32 x 2: noise / self at most 0.29 (hsic) and 0.65 (coco) over seeds 0-9. At 16 x 8 the
+    # normalised HSIC saturates (ratio 0.95-1.03): the ordering held only for lucky seeds.
     g = torch.Generator().manual_seed(5)
-    z = torch.randn(16, 8, generator=g)
+    z = torch.randn(32, 2, generator=g)
     for _ in range(3):
-        noise = torch.randn(16, 8, generator=g)
+        noise = torch.randn(32, 2, generator=g)
         assert bido_dependence(z, z, measure=measure) > bido_dependence(z, noise, measure=measure)
 
 

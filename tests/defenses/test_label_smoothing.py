@@ -161,7 +161,8 @@ def test_digits_held_out_confidence_positive_vs_negative():
             rng=torch.Generator().manual_seed(0),
             progress=False,
         )
-        assert report.test_acc > 0.9
+        assert report.test_acc > 0.8  # 0.96-0.99 over seeds 0-7
         probs = predict_logits(model, split.private_test.images).softmax(1)
         conf[alpha] = float(probs.max(1).values.mean())
+    # seeds 0-7: 0.87-0.89 and 0.97-0.98 (0.90-0.91 and > 0.99 after 10 epochs)
     assert conf[0.1] < 0.92 < conf[-0.05]

@@ -153,7 +153,7 @@ class TestOtherModels:
             data,
             epochs=2,
             batch_size=32,
-            lr=3e-3,
+            lr=1e-2,
             defense=rolss_defense(),
             rng=torch.Generator().manual_seed(0),
             progress=False,
@@ -161,7 +161,7 @@ class TestOtherModels:
         assert isinstance(model.body[3], SkiplessBlock)
         assert all(math.isfinite(v) for v in report.losses) and report.steps == 16
         assert sum(report.losses[-4:]) < sum(report.losses[:4])
-        assert report.train_acc > 0.5
+        assert report.train_acc > 0.5  # 0.94-1.0 over seeds 0-9 (lr 3e-3 gave 0.28-0.90)
 
 
 class TestErrors:

@@ -100,12 +100,12 @@ class TestBuild:
 
             return dataclasses.replace(defense, build=build)
 
-        defense = _defense(digit_sets, pretrain_epochs=2, pretrain_lr=1e-2)
+        defense = _defense(digit_sets, pretrain_epochs=4, pretrain_lr=1e-2)
         model, report = train_classifier(
             _tiny(),
             digit_sets["private_train"],
             digit_sets["private_test"],
-            epochs=2,
+            epochs=4,
             batch_size=32,
             lr=0.05,
             optimizer="sgd",
@@ -124,7 +124,7 @@ class TestBuild:
             assert not torch.equal(after[key], snapshot[key]), key
         # theta_C: body.4 (8*16*9 + 16) + body.5 (2*16) + head (16*5 + 5)
         assert report.extra["theta_C"] == 1168 + 32 + 85 == count_trainable(model)
-        assert report.test_acc > 0.5
+        assert report.test_acc > 0.5  # 0.86-0.94 over seeds 0-9 (2 + 2 epochs: 0.59-0.81)
 
     def test_named_layers_and_extreme_fractions(self, digit_sets):
         model = _defense(digit_sets, frozen_layers=["body.0", "body.4"], pretrain_epochs=0).build(

@@ -24,14 +24,15 @@ def test_training_learns_and_is_deterministic(digits):
             tiny_classifier(),
             train,
             test,
-            epochs=3,
+            epochs=6,
             lr=1e-2,
             rng=torch.Generator().manual_seed(0),
             progress=False,
         )
         runs.append((model, rep))
     (m1, r1), (m2, r2) = runs
-    assert r1.test_acc > 0.8 and r1.losses[-1] < r1.losses[0]
+    # 6 epochs: 0.92-0.96 over seeds 0-9 (3 epochs gave 0.74-0.85, too close to any threshold)
+    assert r1.test_acc > 0.7 and r1.losses[-1] < r1.losses[0]
     assert r1.losses == r2.losses
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
@@ -45,14 +46,14 @@ def test_threshold_checkpoints_are_first_crossings(digits):
         tiny_classifier(),
         train,
         test,
-        epochs=3,
+        epochs=6,
         lr=1e-2,
         eval_every=2,
-        checkpoint_thresholds=[0.8, 0.5],
+        checkpoint_thresholds=[0.7, 0.5],  # best accuracy 0.93-0.96 over seeds 0-9
         rng=torch.Generator().manual_seed(0),
         progress=False,
     )
-    assert [c.threshold for c in rep.checkpoints] == [0.5, 0.8]
+    assert [c.threshold for c in rep.checkpoints] == [0.5, 0.7]
     for c in rep.checkpoints:
         assert c.test_acc >= c.threshold
         earlier = [acc for step, acc in rep.acc_history if step < c.step]
