@@ -410,6 +410,16 @@ paired = paired_table(df[df["attack"].isin(attacks)], "acc1", condition_col="def
 save_table(paired, out, "paired_vs_undefended")
 display(Markdown(f"Acc@1 under each defense minus under `{reference_label}`, same seeds [95 % interval]; "
                  "`supported`: the interval excludes 0\\n\\n" + paired.to_markdown(index=False)))
+# DP-SGD swaps BatchNorm for GroupNorm: compare it with its matched baseline (same recipe, no noise,
+# no clipping) when the configuration trains one, not only with the BatchNorm target.
+dp_base = [label_of(s) for s in defenses if s["name"] == "dp_sgd" and s.get("kwargs", {}).get("noise_multiplier") == 0]
+if dp_base:
+    dp_rows = df[(df["defense"] == "dp_sgd") & df["attack"].isin(attacks)]
+    paired_dp = paired_table(dp_rows, "acc1", condition_col="defense_label", reference=dp_base[0],
+                             group_cols=["attack"])
+    save_table(paired_dp, out, "paired_dp_sgd_vs_groupnorm_baseline")
+    display(Markdown(f"DP-SGD against its matched GroupNorm baseline `{dp_base[0]}`, same seeds\\n\\n"
+                     + paired_dp.to_markdown(index=False)))
 utility = summary_table(df.drop_duplicates(["defense_label", "seed"]), ["defense_label"],
                         ["natural_acc", *extra_cols], digits=3)
 save_table(utility, out, "natural_accuracy")
