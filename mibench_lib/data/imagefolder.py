@@ -70,9 +70,9 @@ def file_identity(path: str | os.PathLike[str]) -> tuple[Any, ...]:
 def find_image_files(root: str | os.PathLike[str]) -> list[Path]:
     """Every image file under ``root``, each file once, sorted by relative path.
 
-    Like :func:`~mibench_lib.data.transforms.list_image_files` (recursive, hidden entries skipped,
-    suffixes in :data:`~mibench_lib.data.transforms.IMAGE_SUFFIXES`, sorted by relative POSIX path
-    so seeded splits do not depend on the file system), but safe with symlinks: symlinked
+    Recursive, hidden entries skipped, suffixes in
+    :data:`~mibench_lib.data.transforms.IMAGE_SUFFIXES`, sorted by relative POSIX path so seeded
+    splits do not depend on the file system; and safe with symlinks: symlinked
     directories are followed, yet a directory already visited (same device and inode: a symlink
     loop, or two links to one folder) is not entered again, and a file reached by several paths
     (symlinks or hard links) is kept once, under its first path in sorted order. Skipped duplicates
@@ -135,10 +135,10 @@ def read_images(
 ) -> Tensor:
     """Read, crop and resize image files into one (N, C, r, r) uint8 tensor, in ``paths`` order.
 
-    Same result as :func:`~mibench_lib.data.transforms.load_images` (decoding in a small thread
-    pool, output in input order), but a file PIL cannot decode (truncated, half-extracted, not an
-    image) raises :class:`~mibench_lib.data._types.CorruptImageError` naming it, after the other
-    files were tried, so one run lists every bad file, not just the first.
+    Decoding runs in a small thread pool (PIL releases the GIL), output in input order whatever
+    the number of threads. A file PIL cannot decode (truncated, half-extracted, not an image)
+    raises :class:`~mibench_lib.data._types.CorruptImageError` naming it, after the other files
+    were tried, so one run lists every bad file, not just the first.
 
     Args:
         paths: Image files.

@@ -6,19 +6,13 @@ and stored as uint8 (4x less memory than float32 for the large face datasets).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-
-from mibench_lib.data._types import DatasetNotFoundError
-from mibench_lib.progress import tqdm
 
 #: File suffixes (lower case) that count as images when scanning folders.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -43,6 +37,7 @@ def pad_to(x: Tensor, size: int) -> Tensor:
         ValueError: ``x`` is larger than ``size`` in either spatial dimension.
 
     Example:
+        >>> import torch
         >>> pad_to(torch.ones(1, 1, 28, 28), 32)[0, 0, 2:30, 2:30].min().item()
         1.0
     """
@@ -93,7 +88,7 @@ def fixed_center_box(
         expect: If given, the (width, height) every image must have; others raise ``ValueError``.
 
     Returns:
-        A :data:`CropBox` rule for :func:`load_images`.
+        A :data:`CropBox` rule for :func:`~mibench_lib.data.imagefolder.read_images`.
     """
 
     def box(width: int, height: int, path: Path) -> tuple[int, int, int, int]:
@@ -121,7 +116,7 @@ def square_center_box(fraction: float = 1.0) -> CropBox:
         fraction: In (0, 1]; 1 keeps the largest centred square (no distortion on resize).
 
     Returns:
-        A :data:`CropBox` rule for :func:`load_images`.
+        A :data:`CropBox` rule for :func:`~mibench_lib.data.imagefolder.read_images`.
 
     Raises:
         ValueError: ``fraction`` outside (0, 1].
@@ -135,35 +130,6 @@ def square_center_box(fraction: float = 1.0) -> CropBox:
         return left, top, left + side, top + side
 
     return box
-
-
-def list_image_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Every image file under ``root`` (recursive, hidden entries skipped), sorted by relative path.
-
-    Sorting by the relative POSIX path makes the order, and therefore every seeded split built on
-    it, independent of the file system's listing order.
-
-    Args:
-        root: A directory.
-
-    Returns:
-        Paths whose suffix (any case) is in :data:`IMAGE_SUFFIXES`.
-
-    Raises:
-        DatasetNotFoundError: ``root`` is not a directory.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder {root} does not exist or is not a directory")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [
-            Path(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
-        ]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def load_image(path: Path, *, resolution: int, crop: CropBox, channels: int = 3) -> np.ndarray:
@@ -189,55 +155,3 @@ def load_image(path: Path, *, resolution: int, crop: CropBox, channels: int = 3)
         img = img.crop(box).resize((resolution, resolution), Image.Resampling.BILINEAR)
         arr = np.array(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-def load_images(
-    paths: Sequence[Path],
-    *,
-    resolution: int,
-    crop: CropBox,
-    channels: int = 3,
-    desc: str = "loading images",
-    workers: int | None = None,
-) -> Tensor:
-    """Read, crop and resize image files into one (N, C, r, r) uint8 tensor, in ``paths`` order.
-
-    Decoding runs in a small thread pool (PIL releases the GIL while decoding); the output order is
-    the input order whatever the number of workers, so results are deterministic.
-
-    Args:
-        paths: Image files.
-        resolution: Output side length (> 0).
-        crop: Crop rule applied before the resize (see :func:`fixed_center_box`,
-            :func:`square_center_box`).
-        channels: 3 for RGB or 1 for grey.
-        desc: Label of the tqdm progress bar.
-        workers: Decoding threads; default ``min(8, os.cpu_count())``.
-
-    Returns:
-        (len(paths), channels, resolution, resolution) uint8 tensor.
-
-    Raises:
-        ValueError: Bad ``resolution`` or ``channels``, or a crop rule rejected an image.
-        DatasetNotFoundError: A file in ``paths`` does not exist.
-    """
-    if resolution <= 0:
-        raise ValueError(f"resolution must be a positive integer, got {resolution}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{len(missing)} image file(s) are missing, first: {', '.join(map(str, missing[:3]))}"
-        )
-    out = torch.empty((len(paths), channels, resolution, resolution), dtype=torch.uint8)
-    workers = workers or min(8, os.cpu_count() or 1)
-
-    def read(p: Path) -> np.ndarray:
-        return load_image(Path(p), resolution=resolution, crop=crop, channels=channels)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = pool.map(read, paths)
-        for i, arr in enumerate(tqdm(arrays, total=len(paths), desc=desc, leave=False)):
-            out[i] = torch.from_numpy(arr)
-    return out

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from mibench_lib.data import DatasetNotFoundError
+from mibench_lib.data.imagefolder import find_image_files, read_images
 from mibench_lib.data.transforms import (
     fixed_center_box,
-    list_image_files,
-    load_images,
     pad_to,
     resize,
     square_center_box,
@@ -53,28 +52,28 @@ def test_square_center_box():
         square_center_box(0)
 
 
-def test_list_image_files_sorted_recursive(tmp_path, build):
+def test_find_image_files_sorted_recursive(tmp_path, build):
     for rel in ["b/2.png", "a/10.JPG", "a/9.jpeg", "c.png", ".hidden/x.png", "a/.x.png"]:
         build.image(tmp_path / rel, size=(4, 4), box=(0, 0, 4, 4), color=(1, 2, 3))
     (tmp_path / "notes.txt").write_text("x")
-    got = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path)]
+    got = [p.relative_to(tmp_path).as_posix() for p in find_image_files(tmp_path)]
     assert got == ["a/10.JPG", "a/9.jpeg", "b/2.png", "c.png"]
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
-        list_image_files(tmp_path / "nope")
+        find_image_files(tmp_path / "nope")
 
 
-def test_load_images(tmp_path, build):
+def test_read_images(tmp_path, build):
     paths = [tmp_path / f"{k}.png" for k in range(3)]
     for k, p in enumerate(paths):
         build.image(p, size=(30, 20), box=(5, 0, 25, 20), color=build.colors[k])
-    x = load_images(paths, resolution=5, crop=square_center_box(), workers=2)
+    x = read_images(paths, resolution=5, crop=square_center_box(), workers=2)
     assert x.shape == (3, 3, 5, 5) and x.dtype == torch.uint8
     for k in range(3):
         build.assert_color(x[k : k + 1].float() / 255, build.colors[k], tol=0)
-    grey = load_images(paths[:1], resolution=5, crop=square_center_box(), channels=1)
+    grey = read_images(paths[:1], resolution=5, crop=square_center_box(), channels=1)
     assert grey.shape == (1, 1, 5, 5)
     missing = r"1 image file\(s\) are missing, first: .*nope.png"
     with pytest.raises(DatasetNotFoundError, match=missing):
-        load_images([*paths, tmp_path / "nope.png"], resolution=5, crop=square_center_box())
+        read_images([*paths, tmp_path / "nope.png"], resolution=5, crop=square_center_box())
     with pytest.raises(ValueError, match="channels must be 1 \\(grey\\) or 3 \\(RGB\\), got 2"):
-        load_images(paths, resolution=5, crop=square_center_box(), channels=2)
+        read_images(paths, resolution=5, crop=square_center_box(), channels=2)

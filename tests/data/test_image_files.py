@@ -95,19 +95,6 @@ def test_truncated_png_is_named(tmp_path):
         read_images(paths, resolution=8, crop=square_center_box())
 
 
-def test_intact_files_load_as_before(tmp_path):
-    from mibench_lib.data.transforms import load_images
-
-    paths = [tmp_path / f"{k}.png" for k in range(5)]
-    for k, p in enumerate(paths):
-        _distinct(p, k, size=20)
-    kw = {"resolution": 8, "crop": square_center_box(0.5)}
-    torch.testing.assert_close(read_images(paths, **kw), load_images(paths, **kw), atol=0, rtol=0)
-    torch.testing.assert_close(
-        read_images(paths, channels=1, **kw), load_images(paths, channels=1, **kw)
-    )
-
-
 def test_imagefolder_names_the_truncated_jpeg(tmp_path):
     root = tmp_path / "pets"
     for i, who in enumerate(("cat", "dog", "emu")):
