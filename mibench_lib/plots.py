@@ -27,6 +27,22 @@ def _accuracy_axis(ax: Axes, metric: str, axis: str = "y") -> None:
         (ax.set_ylim if axis == "y" else ax.set_xlim)(-0.02, 1.02)
 
 
+def _draw_floors(ax: Axes, floors: Mapping[str, float] | None) -> None:
+    """Trivial reference levels as dotted horizontal lines, labelled at the left edge."""
+    for j, (label, value) in enumerate((floors or {}).items()):
+        ax.axhline(value, color="0.4", ls=":", lw=1)
+        ax.annotate(
+            label,
+            (0.01, value),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="0.3",
+            va="bottom",
+            xytext=(0, 1 + 8 * (j % 2)),  # alternate heights: equal floors stay readable
+            textcoords="offset points",
+        )
+
+
 def plot_trend(
     df: pd.DataFrame,
     *,
@@ -72,18 +88,7 @@ def plot_trend(
             marker=markers[i % len(markers)],
             capsize=3,
         )
-    for j, (label, value) in enumerate((floors or {}).items()):
-        ax.axhline(value, color="0.4", ls=":", lw=1)
-        ax.annotate(
-            label,
-            (0.01, value),
-            xycoords=("axes fraction", "data"),
-            fontsize=7,
-            color="0.3",
-            va="bottom",
-            xytext=(0, 1 + 8 * (j % 2)),
-            textcoords="offset points",
-        )
+    _draw_floors(ax, floors)
     _accuracy_axis(ax, y)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
@@ -132,16 +137,7 @@ def plot_privacy_utility(
             marker=markers[i % len(markers)],
             capsize=2,
         )
-    for label, value in (floors or {}).items():
-        ax.axhline(value, color="0.4", ls=":", lw=1)
-        ax.annotate(
-            label,
-            (0.01, value),
-            xycoords=("axes fraction", "data"),
-            fontsize=7,
-            color="0.3",
-            va="bottom",
-        )
+    _draw_floors(ax, floors)
     _accuracy_axis(ax, y)
     ax.set_xlabel(x)
     ax.set_ylabel(y)

@@ -1,0 +1,50 @@
+"""Study figures: intervals drawn, accuracy axes fixed to [0, 1], floors shown."""
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from mibench_lib import plots
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def _rows():
+    rows = []
+    for attack, base in (("gmi", 0.5), ("brep_mi", 0.2)):
+        for x in (0.6, 0.9):
+            for seed in range(3):
+                rows.append(
+                    {
+                        "attack": attack,
+                        "x": x,
+                        "seed": seed,
+                        "acc1": 0.2 + 0.001 * seed,  # a flat line must look flat
+                        "delta_eval": base * 100 + seed,
+                        "natural_acc": x,
+                        "defense": "mid",
+                        "defense_label": f"mid {x}",
+                        "n_images": 25,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_trend_has_error_bars_and_a_fixed_accuracy_axis():
+    ax = plots.plot_trend(_rows(), x="x", y="acc1", floors={"blank image": 0.2})
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert len(ax.containers) == 2  # one errorbar container per attack
+    assert any(t.get_text() == "blank image" for t in ax.texts)
+    ax2 = plots.plot_trend(_rows(), x="x", y="delta_eval")
+    assert ax2.get_ylim()[1] < 100  # non-accuracy axes follow the data
+
+
+def test_privacy_utility_curves():
+    ax = plots.plot_privacy_utility(_rows(), attack="gmi", curve="defense")
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    (container,) = ax.containers
+    assert len(container.lines[0].get_xdata()) == 2  # two knob values joined into one curve
