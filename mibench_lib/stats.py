@@ -238,9 +238,9 @@ def summary_table(
     tidy["text"] = [
         format_interval(r.mean, r.std, r.ci_lo, r.ci_hi, digits) for r in tidy.itertuples()
     ]
-    wide = tidy.pivot_table(
-        index=list(group_cols), columns="metric", values="text", aggfunc="first", dropna=False
-    )
+    # One row per group that has data: unstacking (unlike a pivot) never forms the cartesian
+    # product of the group columns' values.
+    wide = tidy.set_index([*group_cols, "metric"])["text"].unstack("metric")
     wide = wide[[c for c in value_cols if c in wide.columns]].reset_index()
     wide.columns.name = None
     sizes = df.groupby(list(group_cols), sort=True, dropna=False).size().rename("n").reset_index()

@@ -129,3 +129,22 @@ def test_paired_difference_needs_common_seeds():
     df = pd.DataFrame({"c": ["a", "b"], "seed": [0, 1], "acc1": [0.1, 0.2], "n_images": [5, 5]})
     with pytest.raises(ValueError, match="both"):
         paired_difference(df, "acc1", condition_col="c", a="a", b="b")
+
+
+def test_summary_table_has_one_row_per_observed_group():
+    # Two group columns whose values do not cross: no invented (attack, norm) combinations.
+    df = pd.DataFrame(
+        {
+            "attack": ["gmi", "gmi", "blank", "blank"],
+            "norm": ["linf", "linf", "none", "none"],
+            "seed": [0, 1, 0, 1],
+            "acc1": [0.4, 0.6, 0.2, 0.2],
+            "n_images": [25, 25, 5, 5],
+        }
+    )
+    table = summary_table(df, ["attack", "norm"], ["acc1"])
+    assert sorted(zip(table["attack"], table["norm"], strict=True)) == [
+        ("blank", "none"),
+        ("gmi", "linf"),
+    ]
+    assert table["n"].tolist() == [2, 2]
