@@ -6,6 +6,10 @@ on the same small fixtures without any download.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -120,3 +124,175 @@ def tiny_digits(resolution: int = 8) -> tuple[Tensor, Tensor]:
             x, size=(resolution, resolution), mode="bilinear", align_corners=False
         )
     return x.clamp(0, 1), torch.tensor(d.target, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- real on-disk formats
+
+#: (width, height) of an aligned CelebA image; the loader refuses any other size.
+CELEBA_ALIGNED_SIZE = (178, 218)
+
+
+def make_celeba_fixture(
+    root: str | os.PathLike[str],
+    *,
+    identities: int = 300,
+    images_per_identity: int | Sequence[int] = 2,
+    size: tuple[int, int] = CELEBA_ALIGNED_SIZE,
+    seed: int = 0,
+) -> dict[int, int]:
+    """Write a small CelebA in the official on-disk layout under ``root``.
+
+    ``root/img_align_celeba/000001.jpg ...`` (JPEGs of ``size`` = (width, height); the loader
+    accepts only the aligned 178x218), ``root/identity_CelebA.txt`` (lines ``000001.jpg 2880``) and
+    ``root/list_eval_partition.txt`` (lines ``000001.jpg 0``; the first 80 % of the files are
+    train, then 10 % val, 10 % test, as in the release). Identity ids are spread over CelebA's
+    range (``1 + 13 k``) and their images interleaved in file order, as in the real files.
+
+    Each identity has its own colour (a hue wheel over three brightness levels) plus a
+    class-dependent stripe and a little per-image noise, so classifiers have signal and feature
+    statistics are not degenerate. Images are written at JPEG quality 90: a few hundred take
+    about a second.
+
+    Args:
+        root: Folder to create (parents too).
+        identities: Number of identities.
+        images_per_identity: Images of each identity: one count for all, or one count per
+            identity in order (identity ``k`` gets ``images_per_identity[k]``). The loader ranks
+            identities by image count, so give the ones to attack more images.
+        size: (width, height) of every image.
+        seed: Seeds the per-image noise.
+
+    Returns:
+        Identity id -> number of images.
+
+    Example:
+        >>> import tempfile
+        >>> from mibench_lib.data import load_dataset
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     counts = make_celeba_fixture(tmp, identities=6, images_per_identity=[3] * 4 + [1, 1])
+        ...     split = load_dataset("celeba", root=tmp, resolution=16, num_private=4)
+        >>> split.num_classes, len(split.public), sorted(counts.values())
+        (4, 2, [1, 1, 3, 3, 3, 3])
+    """
+    import colorsys
+
+    import numpy as np
+    from PIL import Image
+
+    if identities < 1:
+        raise ValueError(f"identities must be >= 1, got {identities}")
+    if isinstance(images_per_identity, int):
+        per = [images_per_identity] * identities
+    else:
+        per = [int(n) for n in images_per_identity]
+        if len(per) != identities:
+            raise ValueError(
+                f"images_per_identity has {len(per)} counts for {identities} identities"
+            )
+    if min(per) < 1:
+        raise ValueError(f"every identity needs at least one image, got {min(per)}")
+    root = Path(root)
+    img_dir = root / "img_align_celeba"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ids = [1 + 13 * k for k in range(identities)]
+    order: list[int] = []  # identity index of each file, round-robin like the release
+    left = list(per)
+    while any(left):
+        for k in range(identities):
+            if left[k]:
+                order.append(k)
+                left[k] -= 1
+    w, h = size
+    rng = np.random.default_rng(seed)
+    ident, part = [], []
+    for n, k in enumerate(order, start=1):
+        name = f"{n:06d}.jpg"
+        rgb = colorsys.hsv_to_rgb(k / identities, 0.8, (0.45, 0.7, 0.95)[k % 3])
+        arr = np.empty((h, w, 3), dtype=np.float32)
+        arr[:] = np.asarray(rgb, dtype=np.float32) * 255
+        top = h // 4 + (k * 7) % (h // 2)  # a horizontal stripe at an identity-dependent height
+        arr[top : top + h // 12] = 255 - arr[top : top + h // 12]
+        arr += rng.normal(0.0, 8.0, size=arr.shape)
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(img_dir / name, quality=90)
+        ident.append(f"{name} {ids[k]}\n")
+        frac = (n - 1) / len(order)
+        part.append(f"{name} {0 if frac < 0.8 else 1 if frac < 0.9 else 2}\n")
+    (root / "identity_CelebA.txt").write_text("".join(ident))
+    (root / "list_eval_partition.txt").write_text("".join(part))
+    return dict(zip(ids, per, strict=True))
+
+
+def make_classifier_weights(
+    path: str | os.PathLike[str],
+    arch: str,
+    num_classes: int,
+    input_shape: tuple[int, int, int] = (3, 64, 64),
+    *,
+    seed: int = 0,
+) -> Path:
+    """Save a randomly initialised zoo classifier as a local checkpoint a user could have.
+
+    ``.safetensors``: the plain state dict. ``.pt``/``.pth``/``.tar``/``.ckpt``/``.bin``: the
+    layout of the literature's checkpoints, ``{"state_dict": {"module.<key>": tensor}}``
+    (``torch.save`` of a ``DataParallel`` model), which
+    :func:`~mibench_lib.models.weights.load_local_weights` unwraps.
+
+    Args:
+        path: File to write (parents created); its suffix picks the format.
+        arch: Key of :data:`mibench_lib.models.MODELS` (e.g. ``"ir152_64"``).
+        num_classes: Classes of the head.
+        input_shape: (C, H, W) the model is built for.
+        seed: Seeds the initialisation.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    from mibench_lib.artifacts import build_classifier
+
+    torch.manual_seed(seed)
+    state = build_classifier(arch, num_classes, input_shape).state_dict()
+    return _save_state(Path(path), state, wrap=True)
+
+
+def make_inception_weights(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Save random weights in the format of the FID-Inception file (~95 MB).
+
+    The file FID is computed with in published work is pytorch-fid's
+    ``pt_inception-2015-12-05-6726825d.pth``: a plain state dict with the key names and shapes of
+    torchvision's ``Inception3`` without the auxiliary classifier and with a 1008-class ``fc``.
+    This writes that layout (``torch.save`` for ``.pth``/``.pt``, or ``.safetensors``), so
+    :func:`~mibench_lib.metrics.fid.load_fid_inception` takes the path it takes for the real file;
+    only the values are random: He-scaled convolutions and identity BatchNorm, so activations stay
+    of order one and FIDs finite.
+    """
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, Tensor] = {}
+    for key, value in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.int64)
+        elif key.endswith(("running_var", "bn.weight")):
+            state[key] = torch.ones(value.shape)
+        elif key.endswith(("running_mean", "bn.bias", "fc.bias")):
+            state[key] = torch.zeros(value.shape)
+        else:  # conv and fc weights
+            fan_in = value[0].numel()
+            state[key] = torch.randn(value.shape, generator=gen) * (2.0 / fan_in) ** 0.5
+    return _save_state(Path(path), state, wrap=False)
+
+
+def _save_state(path: Path, state: dict[str, Tensor], *, wrap: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(
+            {"state_dict": {f"module.{k}": v for k, v in state.items()}} if wrap else state, path
+        )
+    return path
