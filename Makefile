@@ -26,13 +26,15 @@ lint: setup
 	$(BIN)/ruff check .
 
 unit: setup
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook" tests --doctest-modules mibench_lib
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook" tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --doctest-modules mibench_lib
 
 smoke: setup
 	$(BIN)/pytest -q -m notebook
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests --doctest-modules mibench_lib
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --doctest-modules mibench_lib
 
 bench: setup
 	$(BIN)/python benchmarks/bench_study.py

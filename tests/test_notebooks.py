@@ -93,8 +93,15 @@ def test_study_tiny_smoke(study, tmp_path):
             # BREP-MI sees rounded outputs; the floors are scored on the first defense only
             assert set(reused["attack"]) == {"gmi", "miface"}
             assert set(reused["same_run_as"]) == {"none"}
-        dp = df[df["defense"] == "dp_sgd"]
-        assert dp.empty or dp["defense_epsilon"].map(math.isfinite).all()
+        dp = df[df["defense"] == "dp_sgd"].drop_duplicates("defense_label")
+        noised = ~dp["defense_label"].str.contains("noise_multiplier=0,", regex=False)
+        assert dp.loc[noised, "defense_epsilon"].map(math.isfinite).all()
+        # the matched GroupNorm baseline (no noise, no clipping) has no privacy guarantee
+        assert (dp.loc[~noised, "defense_epsilon"] == math.inf).all()
+        assert (~noised).sum() == 1  # tiny.yaml trains it, for GMI only
+        assert set(
+            df.loc[df["defense_label"].isin(dp.loc[~noised, "defense_label"]), "attack"]
+        ) == {"gmi"}
     if study == "adversarial_robustness":
         assert "fig_attack_vs_epsilon.png" in figures
         at = df[df["norm"] != "none"]

@@ -82,7 +82,8 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     """A copy of ``model`` that opacus can train: BatchNorm replaced by GroupNorm.
 
     opacus' fixer turns each ``BatchNorm*d(C)`` into ``GroupNorm(gcd(32, C), C)`` with fresh affine
-    parameters; every other layer (and its weights) is copied unchanged.
+    parameters; in-place activations compute out of place; every other layer (and its weights) is
+    copied unchanged.
 
     Args:
         model: Any module; it is not modified.
@@ -101,6 +102,12 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
         ('GroupNorm', [])
     """
     fixed = ModuleValidator.fix(model)
+    # In-place activations (torchvision's VGG uses ReLU(inplace=True)) overwrite the outputs that
+    # opacus' backward hooks hold, and the first DP step raises; the copy computes out of place
+    # (same values).
+    for module in fixed.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
     # opacus also insists on training mode, which prepare sets; check the layers alone here
     fixed.train()
     ModuleValidator.validate(fixed, strict=True)

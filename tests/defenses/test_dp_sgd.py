@@ -287,3 +287,22 @@ def test_baseline_is_groupnorm_reports_infinite_epsilon_and_beats_strong_noise(d
     assert math.isfinite(reports["noised"].extra["epsilon"])
     assert accs["baseline"] > 0.8
     assert accs["baseline"] > accs["noised"] + 0.4
+
+
+def test_vgg16_with_inplace_relu_trains_under_dp_sgd():
+    """torchvision's VGG keeps ReLU(inplace=True); opacus' hooks need them out of place."""
+    from mibench_lib.models import MODELS
+
+    model = MODELS["vgg16_64"](num_classes=3)
+    assert any(getattr(m, "inplace", False) for m in model.modules())
+    fixed = make_dp_compatible(model)
+    assert not any(getattr(m, "inplace", False) for m in fixed.modules())
+    defense = dp_sgd_defense(noise_multiplier=1.0, max_grad_norm=1.0)
+    data = ImageSet(torch.rand(8, 3, 64, 64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    opt = torch.optim.SGD(fixed.parameters(), lr=0.01)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    wrapped, opt, loader = defense.prepare(fixed, opt, loader)
+    x, y = next(iter(loader))
+    loss = F.cross_entropy(wrapped(x), y)
+    loss.backward()  # raised "Output 0 of BackwardHookFunction is a view ..." before the fix
+    opt.step()
