@@ -262,9 +262,10 @@ def paired_difference(
 ) -> Interval:
     """Mean of ``value`` under ``b`` minus under ``a``, paired on ``pair_col``, with its interval.
 
-    Seeds present under both conditions are resampled jointly; for an accuracy each condition's
-    entries are then resampled inside each drawn seed (binomially, as in :func:`mean_interval`).
-    A difference is supported at ``level`` when the interval excludes 0.
+    For an accuracy, seeds present under both conditions are resampled jointly, then each
+    condition's entries inside each drawn seed (binomially, as in :func:`mean_interval`). Other
+    metrics get a paired Student-t interval over the per-seed differences. A difference is
+    supported at ``level`` when the interval excludes 0.
 
     Raises:
         ValueError: no seed appears under both conditions.
@@ -297,8 +298,10 @@ def paired_difference(
         boot = (boot_b - boot_a).mean(axis=1)
         entries = int(na.sum() + nb.sum())
     else:
-        boot = diff[pick].mean(axis=1)
-        entries = 0
+        # Continuous metrics: a paired t-interval on the per-seed differences (a percentile
+        # bootstrap over 3 seeds would only span the observed differences).
+        iv = mean_interval(diff, level=level)
+        return Interval(mean, std, iv.lo, iv.hi, len(diff), 0, iv.method)
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     return Interval(mean, std, float(lo), float(hi), len(diff), entries, "bootstrap")
 
