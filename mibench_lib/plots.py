@@ -115,14 +115,22 @@ def plot_privacy_utility(
     Every point is a (defense, knob value) condition: natural accuracy (x) against attack
     success (y), each with its 95 % interval as an error bar. Points of one ``curve`` are joined
     in order of their natural accuracy. Accuracy axes span [0, 1] on y; x is left to the data.
+    A defense keeps its colour and marker across calls on the same ``df`` (one per attack panel),
+    and each panel carries its own legend.
     """
     ax = ax or plt.subplots(figsize=(5.5, 4.3))[1]
     sub = df[df["attack"] == attack]
     tx = tidy_summary(sub, [curve, point], [x]).set_index([curve, point])
     ty = tidy_summary(sub, [curve, point], [y]).set_index([curve, point])
-    palette = sns.color_palette(n_colors=max(1, sub[curve].nunique()))
-    markers = "osD^vP*X"
-    for i, name in enumerate(sorted(sub[curve].unique())):
+    # Colours and markers follow the curve's place among all curves of ``df``, not of this attack,
+    # so that one defense looks the same in every panel of a figure.
+    every = sorted(df[curve].unique(), key=str)
+    palette = sns.color_palette(
+        "tab10" if len(every) <= 10 else "husl", n_colors=max(1, len(every))
+    )
+    markers = "osD^vP*Xh<>"
+    for name in sorted(sub[curve].unique(), key=str):
+        i = every.index(name)
         px, py = tx.loc[name].sort_values("mean"), ty.loc[name]
         py = py.loc[px.index]
         xerr = np.nan_to_num(np.vstack([px["mean"] - px["ci_lo"], px["ci_hi"] - px["mean"]]))
@@ -142,6 +150,7 @@ def plot_privacy_utility(
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(attack)
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     return ax
 

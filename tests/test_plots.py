@@ -48,3 +48,20 @@ def test_privacy_utility_curves():
     assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
     (container,) = ax.containers
     assert len(container.lines[0].get_xdata()) == 2  # two knob values joined into one curve
+
+
+def test_a_defense_keeps_its_colour_across_attack_panels():
+    df = _rows()
+    df.loc[df["attack"] == "brep_mi", "defense"] = "other"  # a curve only one panel has
+    extra = df[df["attack"] == "gmi"].assign(attack="brep_mi")  # mid in the second panel too
+    df = pd.concat([df, extra])
+    _, (a, b) = plt.subplots(1, 2)
+    plots.plot_privacy_utility(df, attack="gmi", ax=a)
+    plots.plot_privacy_utility(df, attack="brep_mi", ax=b)
+
+    def colour_of(ax, label):
+        handles, labels = ax.get_legend_handles_labels()
+        return handles[labels.index(label)].lines[0].get_color()
+
+    assert colour_of(a, "mid") == colour_of(b, "mid")
+    assert colour_of(b, "other") != colour_of(b, "mid")

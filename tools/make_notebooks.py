@@ -432,7 +432,6 @@ for ax, name in zip(axes[0], attacks):
     plots.plot_privacy_utility(df, attack=name, ax=ax, floors=floors)
     ax.set_xlabel("natural accuracy (private test)")
     ax.set_ylabel("attack Acc@1 (evaluator)")
-axes[0][-1].legend(fontsize=8, loc="best")
 fig.suptitle("Privacy-utility plane: one curve per defense across its knob (lower right is better); "
              "error bars: 95 % intervals")
 fig.tight_layout()
