@@ -44,6 +44,12 @@ MAX_AUTO_WORKERS = 8
 
 _SETTING: StudySetting | None = None  # the worker process's setting, built by _init_worker
 
+#: Torch threads of every job, in a worker or in the notebook's process (``workers=1``). CPU
+#: kernels sum in an order that depends on the thread count, so trained weights and attack results
+#: agree to the last bit only at equal thread counts: fixing it makes every row independent of the
+#: worker count and of the machine's number of cores. Parallelism comes from the workers.
+JOB_THREADS = 1
+
 
 def default_workers(device: torch.device | str, requested: int = 0) -> int:
     """Processes a study should use: ``requested``, or with 0 one per thread torch would use.
@@ -155,7 +161,7 @@ class StudyPool:
         # What each future computes, for error messages (forgotten with the future).
         self._jobs: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
         if workers > 1:
-            threads = max(1, torch.get_num_threads() // workers)
+            threads = JOB_THREADS
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
@@ -171,10 +177,14 @@ class StudyPool:
             future = self._executor.submit(_call, fn, args, kwargs)
         else:
             future = Future()
+            previous = torch.get_num_threads()
+            torch.set_num_threads(JOB_THREADS)  # as in a worker: rows independent of the count
             try:
                 future.set_result(fn(self.setting, *args, **kwargs))
             except Exception as err:  # delivered by future.result(), exactly as from a worker
                 future.set_exception(err)
+            finally:
+                torch.set_num_threads(previous)
         self._jobs[future] = describe_job(fn, args, kwargs)
         return future
 

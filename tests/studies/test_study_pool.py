@@ -263,3 +263,22 @@ def test_default_workers(monkeypatch):
     assert default_workers("cpu", 16) == 16
     with pytest.raises(ValueError, match="workers"):
         default_workers("cpu", -1)
+
+
+def _threads_seen(setting) -> int:
+    return torch.get_num_threads()
+
+
+def test_in_process_jobs_use_the_workers_thread_count(tmp_path):
+    """workers=1 runs jobs in this process with the threads a worker has, then restores them."""
+    from mibench_lib.studies.pool import JOB_THREADS
+
+    pool = StudyPool(_setting(tmp_path), workers=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert pool.submit(_threads_seen).result() == JOB_THREADS == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        pool.close()
