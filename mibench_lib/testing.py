@@ -254,16 +254,16 @@ def make_classifier_weights(
     return _save_state(Path(path), state, wrap=True)
 
 
-def make_inception_weights(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
-    """Save random weights in the format of the FID-Inception file (~95 MB).
+def fid_inception_state(
+    *, seed: int = 0, with_num_batches_tracked: bool = True
+) -> dict[str, Tensor]:
+    """Random weights with the keys and shapes of the FID-Inception file.
 
-    The file FID is computed with in published work is pytorch-fid's
-    ``pt_inception-2015-12-05-6726825d.pth``: a plain state dict with the key names and shapes of
-    torchvision's ``Inception3`` without the auxiliary classifier and with a 1008-class ``fc``.
-    This writes that layout (``torch.save`` for ``.pth``/``.pt``, or ``.safetensors``), so
-    :func:`~mibench_lib.metrics.fid.load_fid_inception` takes the path it takes for the real file;
-    only the values are random: He-scaled convolutions and identity BatchNorm, so activations stay
-    of order one and FIDs finite.
+    pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` is a plain state dict of torchvision's
+    ``Inception3`` without the auxiliary classifier and with a 1008-class ``fc``; the layout is
+    taken from torchvision here (independently of torchmetrics / torch-fidelity, which the loader
+    uses). Conv weights are He-scaled and BatchNorm is the identity, so activations stay of order
+    one and FIDs finite.
     """
     from torchvision.models import inception_v3
 
@@ -273,7 +273,8 @@ def make_inception_weights(path: str | os.PathLike[str], *, seed: int = 0) -> Pa
     state: dict[str, Tensor] = {}
     for key, value in net.state_dict().items():
         if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=torch.int64)
+            if with_num_batches_tracked:
+                state[key] = torch.zeros((), dtype=torch.int64)
         elif key.endswith(("running_var", "bn.weight")):
             state[key] = torch.ones(value.shape)
         elif key.endswith(("running_mean", "bn.bias", "fc.bias")):
@@ -281,7 +282,16 @@ def make_inception_weights(path: str | os.PathLike[str], *, seed: int = 0) -> Pa
         else:  # conv and fc weights
             fan_in = value[0].numel()
             state[key] = torch.randn(value.shape, generator=gen) * (2.0 / fan_in) ** 0.5
-    return _save_state(Path(path), state, wrap=False)
+    return state
+
+
+def make_inception_weights(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Save :func:`fid_inception_state` as a FID-Inception file (~95 MB).
+
+    ``torch.save`` for ``.pth``/``.pt``, or ``.safetensors``, so
+    :func:`~mibench_lib.metrics.fid.load_fid_inception` takes the path it takes for the real file.
+    """
+    return _save_state(Path(path), fid_inception_state(seed=seed), wrap=False)
 
 
 def _save_state(path: Path, state: dict[str, Tensor], *, wrap: bool) -> Path:

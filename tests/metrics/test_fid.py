@@ -18,6 +18,7 @@ from mibench_lib.metrics import (
     frechet_distance,
     load_fid_inception,
 )
+from mibench_lib.testing import fid_inception_state
 
 
 def _hand_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,29 +63,8 @@ FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file 
 
 
 def _fid_inception_state(*, with_num_batches_tracked: bool = True) -> dict[str, Tensor]:
-    """Random weights in the format of the FID-Inception file.
-
-    pytorch-fid loads that file strictly into torchvision's ``Inception3`` without the auxiliary
-    classifier and with 1008 classes, so the file's keys and shapes are that network's; they are
-    taken from torchvision here, independently of torchmetrics / torch-fidelity, which the loader
-    uses. Conv weights are He-scaled and BatchNorm is the identity, so activations stay O(1).
-    """
-    with torch.device("meta"):
-        net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
-    gen = torch.Generator().manual_seed(1234)
-    state = {}
-    for key, value in net.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            if with_num_batches_tracked:
-                state[key] = torch.zeros((), dtype=torch.int64)
-        elif key.endswith(("running_var", "bn.weight")):
-            state[key] = torch.ones(value.shape)
-        elif key.endswith(("running_mean", "bn.bias", "fc.bias")):
-            state[key] = torch.zeros(value.shape)
-        else:  # conv and fc weights
-            fan_in = value[0].numel()
-            state[key] = torch.randn(value.shape, generator=gen) * (2.0 / fan_in) ** 0.5
-    return state
+    """Random weights in the format of the FID-Inception file (see mibench_lib.testing)."""
+    return fid_inception_state(seed=1234, with_num_batches_tracked=with_num_batches_tracked)
 
 
 @pytest.fixture(scope="module")
