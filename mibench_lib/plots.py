@@ -27,6 +27,11 @@ def _accuracy_axis(ax: Axes, metric: str, axis: str = "y") -> None:
         (ax.set_ylim if axis == "y" else ax.set_xlim)(-0.02, 1.02)
 
 
+def _half_widths(tidy: pd.DataFrame) -> np.ndarray:
+    """(2, n) distances from each mean down and up to its interval ends, for ``errorbar``."""
+    return np.vstack([tidy["mean"] - tidy["ci_lo"], tidy["ci_hi"] - tidy["mean"]])
+
+
 def _draw_floors(ax: Axes, floors: Mapping[str, float] | None) -> None:
     """Trivial reference levels as dotted horizontal lines, labelled at the left edge."""
     for j, (label, value) in enumerate((floors or {}).items()):
@@ -77,7 +82,7 @@ def plot_trend(
     n_curves = tidy[hue].nunique()
     for i, (name, grp) in enumerate(tidy.groupby(hue, sort=False)):
         grp = grp.sort_values(x)
-        err = np.vstack([grp["mean"] - grp["ci_lo"], grp["ci_hi"] - grp["mean"]])
+        err = _half_widths(grp)
         shift = (i - (n_curves - 1) / 2) * step
         ax.errorbar(
             grp[x] + shift if step else grp[x],
@@ -133,8 +138,8 @@ def plot_privacy_utility(
         i = every.index(name)
         px, py = tx.loc[name].sort_values("mean"), ty.loc[name]
         py = py.loc[px.index]
-        xerr = np.nan_to_num(np.vstack([px["mean"] - px["ci_lo"], px["ci_hi"] - px["mean"]]))
-        yerr = np.nan_to_num(np.vstack([py["mean"] - py["ci_lo"], py["ci_hi"] - py["mean"]]))
+        xerr = np.nan_to_num(_half_widths(px))
+        yerr = np.nan_to_num(_half_widths(py))
         ax.errorbar(
             px["mean"],
             py["mean"],
