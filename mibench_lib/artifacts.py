@@ -9,6 +9,7 @@ the seed), so a rerun reuses it and any changed field retrains. Training always 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -426,27 +427,44 @@ def make_defense(
 ) -> Any:
     """Instantiate a registered defense, filling in what the study provides.
 
-    TL-DMI gets the labelled public data, label smoothing the number of training epochs (its warm-up
-    schedule is relative to them), and seeded defenses the seed, unless ``kwargs`` set them.
+    Every parameter of :data:`mibench_lib.defenses.STUDY_INPUTS` that the constructor accepts and
+    ``kwargs`` does not set is supplied: ``seed``, ``device`` (as a string), ``rng`` (None),
+    ``train_epochs`` (``train_cfg["epochs"]``, 10 when unset), ``pretrain_data`` (the labelled
+    public data, :func:`public_labelled`, built only when asked for) and ``pretrain_num_classes``
+    (the classes of ``pretrain_data``).
+
+    Raises:
+        ValueError: an unknown defense name.
     """
     import inspect
 
-    from mibench_lib.defenses import DEFENSES
+    from mibench_lib.defenses import DEFENSES, STUDY_INPUTS
 
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {sorted(DEFENSES)}")
     ctor = DEFENSES[name]
     accepted = inspect.signature(ctor).parameters
     kw = dict(kwargs)
-    if name == "tl_dmi" and "pretrain_data" not in kw:
-        public = public_labelled(split)
-        kw.update(pretrain_data=public, pretrain_num_classes=int(public.labels.max()) + 1)
-    if "epochs" in accepted and name == "label_smoothing":
-        kw.setdefault("epochs", int(train_cfg.get("epochs", 10)))
-    if "seed" in accepted:
-        kw.setdefault("seed", seed)
-    if "device" in accepted:
-        kw.setdefault("device", str(device))
+
+    @functools.cache
+    def pretrain_data() -> ImageSet:
+        return public_labelled(split)  # raises for splits without labelled public classes
+
+    def pretrain_num_classes() -> int:
+        data = kw["pretrain_data"] if "pretrain_data" in kw else pretrain_data()
+        return int(data.labels.max()) + 1
+
+    supply = {
+        "seed": lambda: seed,
+        "device": lambda: str(device),
+        "rng": lambda: None,
+        "train_epochs": lambda: int(train_cfg.get("epochs", 10)),
+        "pretrain_data": pretrain_data,
+        "pretrain_num_classes": pretrain_num_classes,
+    }
+    for key in STUDY_INPUTS:  # table order: pretrain_data before pretrain_num_classes
+        if key in accepted and key not in kw:
+            kw[key] = supply[key]()
     return ctor(**kw)
 
 
@@ -466,9 +484,10 @@ def cached_defended_target(
     """Train (or load) one target on the private data under a defense.
 
     Output-processing defenses (and ``"none"``) share the undefended target; their effect is applied
-    by the oracle. Training defenses go through ``train_classifier(..., defense=...)``; the report's
-    extra numbers (epsilon for DP-SGD, robust accuracy for adversarial training, theta_C for TL-DMI)
-    are cached with the weights.
+    by the oracle. Training defenses go through ``train_classifier(..., defense=...)``; the trained
+    model passes through the defense's ``unwrap`` hook (if any) before its weights are saved, and
+    the report's extra numbers (epsilon for DP-SGD, robust accuracy for adversarial training,
+    theta_C for TL-DMI) are cached with the weights.
     """
     _check_train_cfg(train_cfg, "target")
     defense_kwargs = dict(defense_kwargs or {})
@@ -493,8 +512,6 @@ def cached_defended_target(
         return build_classifier(arch, split.num_classes, split.image_shape, **arch_kwargs)
 
     def build() -> tuple[dict, dict]:
-        from mibench_lib.defenses import unwrap_dp_model
-
         t0 = time.perf_counter()
         model, rep = train_classifier(
             fresh(),
@@ -507,7 +524,8 @@ def cached_defended_target(
             defense=defense if trains else None,
             **train_cfg,
         )
-        model = unwrap_dp_model(model) if defense.name == "dp_sgd" else model
+        if trains and defense.unwrap is not None:
+            model = defense.unwrap(model)
         extra = {k: v for k, v in rep.extra.items() if isinstance(v, (int, float, str))}
         meta = {
             "natural_acc": rep.test_acc,

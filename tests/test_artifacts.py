@@ -1,15 +1,28 @@
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
 
+from mibench_lib import artifacts
 from mibench_lib.artifacts import (
     cached_classifier,
+    cached_defended_target,
     cached_gan,
     cached_target_checkpoints,
     load_face_extractor,
+    make_defense,
+    public_labelled,
 )
-from mibench_lib.cache import ArtifactCache
+from mibench_lib.cache import ArtifactCache, tensor_fingerprint
 from mibench_lib.data import load_dataset
+from mibench_lib.defenses import DEFENSES, STUDY_INPUTS, Defense
 from mibench_lib.models.train import accuracy
+
+PARAMETERS = Path(__file__).resolve().parents[1] / "parameters"
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +140,6 @@ def test_gan_and_face_extractor(tmp_path, split):
 
 
 def test_output_defenses_share_the_undefended_target(tmp_path, split):
-    from mibench_lib.artifacts import cached_defended_target
-
     cache = ArtifactCache(tmp_path)
     kw = {"arch": "mnist_cnn", "train_cfg": {"epochs": 1}, "seed": 0, "progress": False}
     none = cached_defended_target(cache, split, defense_name="none", **kw)
@@ -153,8 +164,6 @@ def test_output_defenses_share_the_undefended_target(tmp_path, split):
     ],
 )
 def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
-    from mibench_lib.artifacts import cached_defended_target
-
     cache = ArtifactCache(tmp_path)
     kw = {"arch": "mnist_cnn", "train_cfg": {"epochs": 1}, "seed": 0, "progress": False}
     first = cached_defended_target(cache, split, defense_name=name, defense_kwargs=kwargs, **kw)
@@ -168,6 +177,8 @@ def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
     if name == "tl_dmi":
         assert frozen and again.extra["theta_C"] > 0
     if name == "dp_sgd":
+        (saved,) = tmp_path.rglob("*.safetensors")  # the defense's unwrap ran before saving
+        assert not any(k.startswith("_module.") for k in load_file(saved))
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in again.model.modules())
         assert any(isinstance(m, torch.nn.GroupNorm) for m in again.model.modules())
         assert again.extra["epsilon"] == first.extra["epsilon"] == float("inf")
@@ -177,8 +188,146 @@ def test_defended_target_reloads_identically(tmp_path, split, name, kwargs):
 
 
 def test_public_labelled_excludes_private_classes(split):
-    from mibench_lib.artifacts import public_labelled
-
     pub = public_labelled(split)
     assert sorted(pub.labels.unique().tolist()) == [0, 1, 2, 3, 4]
     assert len(pub) == len(split.public)
+
+
+def _fake_defense(received: dict):
+    def fake_defense(
+        *,
+        strength: float = 1.0,
+        pretrain_data=None,
+        pretrain_num_classes: int = 0,
+        train_epochs: int = 100,
+        seed: int = 0,
+        device: str = "cpu",
+        rng=None,
+    ) -> Defense:
+        received.update(
+            strength=strength,
+            pretrain_data=pretrain_data,
+            pretrain_num_classes=pretrain_num_classes,
+            train_epochs=train_epochs,
+            seed=seed,
+            device=device,
+            rng=rng,
+        )
+        return Defense("fake", config={"strength": strength}, postprocess=lambda p: p)
+
+    return fake_defense
+
+
+def test_make_defense_fills_every_study_input_the_constructor_asks_for(monkeypatch, split):
+    received: dict = {}
+    monkeypatch.setitem(DEFENSES, "fake", _fake_defense(received))
+    d = make_defense(
+        "fake", {"strength": 2.0}, split, train_cfg={"epochs": 7}, seed=3, device="cpu"
+    )
+    assert d.name == "fake" and dict(d.config) == {"strength": 2.0}
+    public = public_labelled(split)
+    assert tensor_fingerprint(received.pop("pretrain_data").data) == tensor_fingerprint(public.data)
+    assert received == {
+        "strength": 2.0,
+        "pretrain_num_classes": 5,
+        "train_epochs": 7,
+        "seed": 3,
+        "device": "cpu",
+        "rng": None,
+    }
+    assert set(inspect.signature(DEFENSES["fake"]).parameters) - {"strength"} == set(STUDY_INPUTS)
+
+
+def test_make_defense_keeps_what_the_caller_set_and_builds_only_what_is_asked(monkeypatch, split):
+    received: dict = {}
+    monkeypatch.setitem(DEFENSES, "fake", _fake_defense(received))
+    mine = public_labelled(split).subset(torch.arange(10))
+    make_defense(
+        "fake",
+        {"pretrain_data": mine, "train_epochs": 2, "seed": 9},
+        split,
+        train_cfg={},
+        seed=3,
+    )
+    assert received["pretrain_data"] is mine and received["train_epochs"] == 2
+    assert received["seed"] == 9
+    assert received["pretrain_num_classes"] == int(mine.labels.max()) + 1  # of the data passed
+
+    def no_public(split):
+        raise AssertionError("public data built for a defense that does not ask for it")
+
+    monkeypatch.setattr(artifacts, "public_labelled", no_public)
+    monkeypatch.setitem(DEFENSES, "plain", lambda *, seed=0: Defense("plain", config={"s": seed}))
+    assert dict(make_defense("plain", {}, split, train_cfg={}, seed=4).config) == {"s": 4}
+    ls = make_defense("label_smoothing", {"alpha": 0.1}, split, train_cfg={}, seed=0)
+    assert ls.config["epochs"] == 10  # train_cfg without epochs: the training loop's default
+
+
+def _reference_config(name, kwargs, split, train_cfg, seed):
+    """The config of the name checks make_defense had before the inputs came from the signature."""
+    ctor = DEFENSES[name]
+    accepted = inspect.signature(ctor).parameters
+    kw = dict(kwargs)
+    if name == "tl_dmi" and "pretrain_data" not in kw:
+        public = public_labelled(split)
+        kw.update(pretrain_data=public, pretrain_num_classes=int(public.labels.max()) + 1)
+    if name == "label_smoothing":  # then ``epochs``, now ``train_epochs``
+        kw.setdefault("train_epochs", int(train_cfg.get("epochs", 10)))
+    if "seed" in accepted:
+        kw.setdefault("seed", seed)
+    if "device" in accepted:
+        kw.setdefault("device", "cpu")
+    return dict(ctor(**kw).config)
+
+
+def _parameter_file_defenses():
+    cases = []
+    for path in sorted(PARAMETERS.glob("defenses/*.yaml")) + sorted(
+        PARAMETERS.glob("adversarial_robustness/*.yaml")
+    ):
+        cfg = yaml.safe_load(path.read_text())
+        specs = [(e["name"], e.get("kwargs", {})) for e in cfg.get("defenses", [])]
+        for norm, grid in cfg.get("eps_grid", {}).items():
+            specs += [
+                ("adversarial_training", {"eps": float(e), "norm": norm, **cfg["at_kwargs"]})
+                for e in grid
+            ]
+        for seed in cfg["seeds"]:
+            for name, kwargs in specs:
+                tag = f"{path.parent.name}/{path.stem}/{name}/{seed}"
+                cases.append(pytest.param(name, kwargs, cfg["target_train"], seed, id=tag))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "kwargs", "train_cfg", "seed"), _parameter_file_defenses())
+def test_parameter_file_defenses_keep_their_cache_config(split, name, kwargs, train_cfg, seed):
+    got = make_defense(name, kwargs, split, train_cfg=train_cfg, seed=seed, device="cpu")
+    assert dict(got.config) == _reference_config(name, kwargs, split, train_cfg, seed)
+
+
+def test_label_smoothing_config_is_pinned(split):
+    # recorded before ``epochs`` became the supplied ``train_epochs``: cached targets keep their key
+    got = make_defense("label_smoothing", {"alpha": -0.05}, split, train_cfg={"epochs": 4}, seed=1)
+    assert dict(got.config) == {"alpha": -0.05, "epochs": 4, "warmup": True}
+
+
+def test_a_training_defense_unwrap_hook_runs_before_saving(monkeypatch, tmp_path, split):
+    calls = []
+
+    def unwrap(model):
+        calls.append(type(model).__name__)
+        return model
+
+    def fake_training_defense(*, scale: float = 1.0) -> Defense:
+        def loss(logits, labels, *, model, images, epoch):
+            return scale * F.cross_entropy(logits, labels)
+
+        return Defense("fake_training", config={"scale": scale}, loss=loss, unwrap=unwrap)
+
+    monkeypatch.setitem(DEFENSES, "fake_training", fake_training_defense)
+    kw = {"arch": "mnist_cnn", "train_cfg": {"epochs": 1}, "seed": 0, "progress": False}
+    cache = ArtifactCache(tmp_path)
+    first = cached_defended_target(cache, split, defense_name="fake_training", **kw)
+    again = cached_defended_target(cache, split, defense_name="fake_training", **kw)
+    assert not first.cache_hit and again.cache_hit
+    assert calls == [type(first.model).__name__]  # once, on the trained model, not on a reload

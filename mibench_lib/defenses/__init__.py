@@ -3,9 +3,25 @@
 Each defense is one file with its citation and paper defaults, exposing one constructor that
 returns a :class:`Defense` (see ``_defense.py`` for the hooks). ``DEFENSES`` maps a registry name to
 the constructor; ``DEFENSE_KIND`` says whether it changes training (``"training"``) or only what
-the oracle releases (``"output"``, bypassed by white-box attackers by definition).
+the oracle releases (``"output"``, bypassed by white-box attackers by definition), read from
+:attr:`Defense.kind` of each constructor's default instance.
+
+A constructor asks the study for what only the study knows (the target's seed, the training
+device and epochs, labelled public data) by naming a parameter of ``STUDY_INPUTS``;
+:func:`mibench_lib.artifacts.make_defense` fills each one the constructor accepts and the study's
+parameters did not set, and a parameter file may not set them.
 """
 
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mibench_lib.data._types import ImageSet
 from mibench_lib.defenses._defense import NO_DEFENSE, Defense
 from mibench_lib.defenses.adversarial import (
     adversarial_training_defense,
@@ -48,26 +64,58 @@ DEFENSES = {
     "gaussian_noise": gaussian_noise_defense,
 }
 
-DEFENSE_KIND = {
-    "none": "none",
-    "mid": "training",
-    "bido": "training",
-    "label_smoothing": "training",
-    "tl_dmi": "training",
-    "dp_sgd": "training",
-    "adversarial_training": "training",
-    "rolss": "training",
-    "rounding": "output",
-    "top_k": "output",
-    "label_only": "output",
-    "gaussian_noise": "output",
+
+@dataclass(frozen=True)
+class StudyInput:
+    """A defense-constructor parameter whose value the study supplies.
+
+    Attributes:
+        gives: What the study passes, in words.
+        stand_in: A valid value that carries no data, used only to build a constructor's default
+            instance (for its :attr:`Defense.kind`).
+    """
+
+    gives: str
+    stand_in: Any
+
+
+#: Constructor parameters the study supplies, by name: a constructor that accepts one gets it from
+#: :func:`mibench_lib.artifacts.make_defense` unless the caller set it, and a parameter file never
+#: sets it (``mibench_lib.studies.params.DEFENSE_SUPPLIED``). Name a new parameter here, never a
+#: defense in the study code.
+STUDY_INPUTS: dict[str, StudyInput] = {
+    "seed": StudyInput("the target's seed (int)", 0),
+    "device": StudyInput("the training device, as a string", "cpu"),
+    "rng": StudyInput(
+        "None: draws come from torch's global generator, which each attack run seeds", None
+    ),
+    "train_epochs": StudyInput(
+        "the target's number of training epochs (``train_cfg['epochs']``, 10 when unset)", 1
+    ),
+    "pretrain_data": StudyInput(
+        "the labelled public data, ``mibench_lib.artifacts.public_labelled(split)``",
+        ImageSet(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])),
+    ),
+    "pretrain_num_classes": StudyInput("the number of classes of ``pretrain_data``", 2),
 }
+
+
+def _default_kind(constructor: Callable[..., Defense]) -> str:
+    """:attr:`Defense.kind` of ``constructor``'s defaults plus stand-ins for the study inputs."""
+    accepted = inspect.signature(constructor).parameters
+    return constructor(**{k: v.stand_in for k, v in STUDY_INPUTS.items() if k in accepted}).kind
+
+
+#: ``"training"``, ``"output"`` or ``"none"`` per registry name (see :attr:`Defense.kind`).
+DEFENSE_KIND: dict[str, str] = {name: _default_kind(ctor) for name, ctor in DEFENSES.items()}
 
 __all__ = [
     "DEFENSES",
     "DEFENSE_KIND",
     "NO_DEFENSE",
+    "STUDY_INPUTS",
     "Defense",
+    "StudyInput",
     "adversarial_training_defense",
     "bido_defense",
     "defended_oracle",

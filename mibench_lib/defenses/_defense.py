@@ -9,7 +9,10 @@ A training-time defense changes training through hooks of
 - ``loss``: the training loss ``(logits, labels, *, model, images, epoch) -> scalar``;
 - ``prepare``: ``(model, optimizer, loader) -> (model, optimizer, loader)``, e.g. opacus;
 - ``after_training``: ``(model, test_set, device) -> dict`` of extra numbers the defense owes its
-  report (epsilon for DP-SGD, robust accuracy for adversarial training).
+  report (epsilon for DP-SGD, robust accuracy for adversarial training);
+- ``unwrap``: applied to the trained model before its weights are saved, e.g. DP-SGD takes the
+  plain module out of opacus' per-sample-gradient wrapper (whose ``state_dict`` keys carry a
+  ``_module.`` prefix), so the saved weights load into the model ``restore`` rebuilds.
 
 An inference-time (output-processing) defense sets ``postprocess``, a function on released
 probabilities that :class:`mibench_lib.oracle.TargetOracle` applies to every black-box answer, and
@@ -17,6 +20,11 @@ optionally ``release``, the access level it enforces (e.g. ``"label"``). White-b
 model and bypass both by definition.
 
 ``config`` holds every value that determines the defended model, for artifact cache keys.
+
+What a constructor needs from the study that runs it (the target's seed, the device, the number of
+training epochs, labelled public data) it declares by naming the parameter as in
+:data:`mibench_lib.defenses.STUDY_INPUTS`; the study fills those in, so no study code names a
+defense. :attr:`Defense.kind` says what the defense changes, from its hooks.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ class Defense:
         restore: Applied to a fresh model before loading a defended model's saved weights. None
             means ``build``, right when ``build`` only changes the architecture (MID, RoLSS,
             DP-SGD's GroupNorm); TL-DMI, whose ``build`` pre-trains, restores only the freezing.
+        unwrap: Applied to the trained model before its weights are saved (None: saved as it
+            is); DP-SGD removes opacus' wrapper.
     """
 
     name: str
@@ -63,6 +73,7 @@ class Defense:
     release: str | None = None
     top_k: int | None = None
     restore: BuildFn | None = None
+    unwrap: BuildFn | None = None
 
     @property
     def knob_value(self) -> Any:
@@ -73,6 +84,23 @@ class Defense:
     def trains(self) -> bool:
         """True when the defense changes the trained model (False: output processing only)."""
         return any(h is not None for h in (self.build, self.loss, self.prepare))
+
+    @property
+    def kind(self) -> str:
+        """What the defense changes: ``"training"``, ``"output"`` or ``"none"``.
+
+        ``"training"`` when it changes the trained model (:attr:`trains`), ``"output"`` when it only
+        filters what the oracle releases, ``"none"`` for neither (the undefended baseline).
+
+        Example:
+            >>> Defense("none").kind, Defense("cap", release="label").kind
+            ('none', 'output')
+        """
+        if self.trains:
+            return "training"
+        if self.postprocess is not None or self.release is not None:
+            return "output"
+        return "none"
 
 
 NO_DEFENSE = Defense("none")

@@ -43,7 +43,8 @@ sampler and empty-batch handling are then used unchanged, and an empty Poisson b
 
 After training. The returned model is opacus' ``GradSampleModule``: it runs the forward pass,
 ``eval()`` and ``state_dict()`` (keys prefixed ``_module.``) but does not forward plain
-attributes such as ``num_classes``. Call :func:`unwrap_dp_model` on it before attacking or saving.
+attributes such as ``num_classes``. Call :func:`unwrap_dp_model` on it before attacking or saving;
+the defense's ``unwrap`` hook does that before a study saves the weights.
 
 Differences from the paper. Abadi et al. use lots of size ``L`` and the moments accountant; opacus'
 PRV accountant is tighter for the same mechanism. ``secure_mode=False`` (default) draws noise and
@@ -230,7 +231,7 @@ def dp_sgd_defense(
         ``PrivacyEngine``, and ``after_training`` reports ``epsilon`` (at ``delta``), ``delta``,
         ``noise_multiplier``, ``max_grad_norm`` (``inf`` without clipping), ``sample_rate`` and
         ``steps`` of the last training prepared with this defense instance. ``epsilon`` is ``inf``
-        whenever no noise was added.
+        whenever no noise was added. ``unwrap`` = :func:`unwrap_dp_model`.
 
     Raises:
         ValueError: a value out of range, an unknown accountant, ``target_epsilon`` without
@@ -338,4 +339,5 @@ def dp_sgd_defense(
         loss=dp_cross_entropy,
         prepare=prepare,
         after_training=after_training,
+        unwrap=unwrap_dp_model,
     )

@@ -123,15 +123,16 @@ def smoothing_schedule(epoch: int, *, alpha: float, epochs: int, warmup: bool = 
 
 
 def label_smoothing_defense(
-    *, alpha: float = -0.05, epochs: int = 100, warmup: bool = True
+    *, alpha: float = -0.05, train_epochs: int = 100, warmup: bool = True
 ) -> Defense:
     """Train with (negative) label smoothing: a loss hook for ``train_classifier``.
 
     Args:
         alpha: Smoothing factor, finite and <= 1. Negative values (paper default -0.05) defend;
             positive ones (paper: 0.1) are the ordinary regulariser, which helps the attacker.
-        epochs: Number of training epochs E the warm-up schedule is laid over; pass the same value
-            as ``train_classifier(epochs=...)``.
+        train_epochs: Number of training epochs E the warm-up schedule is laid over; pass the same
+            value as ``train_classifier(epochs=...)``. A study supplies the target's epochs (see
+            :data:`mibench_lib.defenses.STUDY_INPUTS`). Recorded as ``config["epochs"]``.
         warmup: Use the official warm-up for negative ``alpha`` (see :func:`smoothing_schedule`);
             training from the first epoch with a negative factor often fails to converge.
 
@@ -140,28 +141,29 @@ def label_smoothing_defense(
         factor of the current epoch; knob ``"alpha"``.
 
     Raises:
-        ValueError: ``alpha`` not finite or above 1, or ``epochs < 1``.
+        ValueError: ``alpha`` not finite or above 1, or ``train_epochs < 1``.
 
     Example:
-        >>> d = label_smoothing_defense(alpha=-0.05, epochs=4)
+        >>> d = label_smoothing_defense(alpha=-0.05, train_epochs=4)
         >>> logits, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
         >>> float(d.loss(logits, labels, model=None, images=None, epoch=0)) == float(
         ...     torch.nn.functional.cross_entropy(logits, labels))
         True
     """
     _check_alpha(alpha)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(train_epochs, bool) or not isinstance(train_epochs, int) or train_epochs < 1:
+        raise ValueError(f"train_epochs must be an integer >= 1, got {train_epochs!r}")
 
     def loss(
         logits: Tensor, labels: Tensor, *, model: nn.Module, images: Tensor, epoch: int
     ) -> Tensor:
-        factor = smoothing_schedule(epoch, alpha=alpha, epochs=epochs, warmup=warmup)
+        factor = smoothing_schedule(epoch, alpha=alpha, epochs=train_epochs, warmup=warmup)
         return smoothed_cross_entropy(logits, labels, factor)
 
     return Defense(
         "label_smoothing",
-        config={"alpha": float(alpha), "epochs": epochs, "warmup": bool(warmup)},
+        # "epochs", not "train_epochs": the key is part of every cached target's identity
+        config={"alpha": float(alpha), "epochs": train_epochs, "warmup": bool(warmup)},
         knob="alpha",
         loss=loss,
     )

@@ -498,9 +498,10 @@ FIELD_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
 #: Keyword arguments an attack gets from the harness, never from a parameter file (besides the
 #: public networks each attack lists in ``ATTACK_NEEDS``).
 ATTACK_SUPPLIED = frozenset({"oracle", "labels", "rng", "on_step"})
-#: Keyword arguments a defense gets from the study (``make_defense``): the seed of each target,
-#: the device, TL-DMI's labelled public data, a generator.
-DEFENSE_SUPPLIED = frozenset({"seed", "device", "rng", "pretrain_data", "pretrain_num_classes"})
+#: Keyword arguments a defense gets from the study (``make_defense``), never from a parameter file:
+#: the names of ``mibench_lib.defenses.STUDY_INPUTS`` (the target's seed and epochs, the device,
+#: labelled public data, a generator).
+DEFENSE_SUPPLIED = frozenset(importlib.import_module("mibench_lib.defenses").STUDY_INPUTS)
 _TRAIN_SUPPLIED = frozenset(
     {
         "model",

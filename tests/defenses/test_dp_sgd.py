@@ -176,6 +176,7 @@ def test_target_epsilon_is_reached(digits16):
 def test_unwrap_gives_clean_state_dict_keys(digits16):
     train = digits16.private_train
     small = ImageSet(train.images[:128], train.labels[:128])  # two steps are enough here
+    defense = dp_sgd_defense(noise_multiplier=1.0)
     torch.manual_seed(0)
     model, _ = train_classifier(
         TinyClassifier(5, (1, 16, 16)),
@@ -185,12 +186,13 @@ def test_unwrap_gives_clean_state_dict_keys(digits16):
         batch_size=64,
         lr=1e-2,
         optimizer="sgd",
-        defense=dp_sgd_defense(noise_multiplier=1.0),
+        defense=defense,
         rng=torch.Generator().manual_seed(0),
         progress=False,
     )
     assert all(k.startswith("_module.") for k in model.state_dict())
-    plain = unwrap_dp_model(model)
+    assert defense.unwrap is unwrap_dp_model  # the hook a study applies before saving
+    plain = defense.unwrap(model)
     assert isinstance(plain, TinyClassifier) and plain.num_classes == 5
     fresh = make_dp_compatible(TinyClassifier(5, (1, 16, 16)))
     fresh.load_state_dict(plain.state_dict())  # strict: same keys, no prefix

@@ -107,8 +107,20 @@ class TestLabelSmoothingDefense:
         assert dict(d.config) == {"alpha": -0.05, "epochs": 100, "warmup": True}
         assert d.trains and d.build is None and d.prepare is None
 
+    def test_config_records_the_training_epochs_as_epochs(self):
+        # cache keys hash the config: the supplied ``train_epochs`` keeps the key ``"epochs"``
+        d = label_smoothing_defense(alpha=0.1, train_epochs=7, warmup=False)
+        assert dict(d.config) == {"alpha": 0.1, "epochs": 7, "warmup": False}
+
+    def test_training_epochs_are_a_study_input(self):
+        from mibench_lib.defenses import STUDY_INPUTS
+
+        assert "train_epochs" in STUDY_INPUTS
+        with pytest.raises(TypeError, match="epochs"):
+            label_smoothing_defense(epochs=4)  # the old name is gone, not silently ignored
+
     def test_loss_hook_follows_schedule(self):
-        d = label_smoothing_defense(alpha=-0.5, epochs=100)
+        d = label_smoothing_defense(alpha=-0.5, train_epochs=100)
         logits, labels = _batch()
 
         def hook(epoch: int) -> torch.Tensor:
@@ -122,8 +134,8 @@ class TestLabelSmoothingDefense:
         [
             ({"alpha": float("nan")}, "alpha must be a finite number <= 1, got nan"),
             ({"alpha": 2.0}, r"alpha must be a finite number <= 1, got 2\.0"),
-            ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
-            ({"epochs": 2.5}, r"epochs must be an integer >= 1, got 2\.5"),
+            ({"train_epochs": 0}, "train_epochs must be an integer >= 1, got 0"),
+            ({"train_epochs": 2.5}, r"train_epochs must be an integer >= 1, got 2\.5"),
         ],
     )
     def test_exceptions(self, kwargs, match):
@@ -157,7 +169,7 @@ def test_digits_held_out_confidence_positive_vs_negative():
             epochs=3,
             batch_size=32,
             lr=1e-2,
-            defense=label_smoothing_defense(alpha=alpha, epochs=3, warmup=False),
+            defense=label_smoothing_defense(alpha=alpha, train_epochs=3, warmup=False),
             rng=torch.Generator().manual_seed(0),
             progress=False,
         )
