@@ -56,6 +56,7 @@ from torch import Tensor
 from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
+from mibench_lib.attacks._spec import AttackSpec
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import TargetOracle
 
@@ -425,3 +426,7 @@ def brep_mi_attack(
             "found_start": found,
         },
     )
+
+
+#: What the study engine needs to know: access level and public artifacts.
+SPEC = AttackSpec("brep_mi", brep_mi_attack, access="label", needs=("generator",))

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
+from mibench_lib.attacks._spec import AttackSpec
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
@@ -290,3 +291,7 @@ def _search(
         score = logits.gather(1, y[:, None]).squeeze(1)
         prob = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
     return z, images, score, prob
+
+
+#: What the study engine needs to know: access level and public artifacts.
+SPEC = AttackSpec("gmi", gmi_attack, access="white-box", needs=("generator", "discriminator"))

@@ -49,6 +49,7 @@ from torch import Tensor
 from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
+from mibench_lib.attacks._spec import AttackSpec
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
 __all__ = ["miface_attack"]
@@ -227,3 +228,7 @@ def _descend(
         if on_step is not None and (step % 10 == 0 or not active.any() or step == max_iter):
             on_step(step, max_iter, {"loss": sums[-1] / n, "active": float(active.sum())})
     return best_x, best_cost, best_step, stop_step, cost, sums
+
+
+#: What the study engine needs to know: access level and public artifacts.
+SPEC = AttackSpec("miface", miface_attack, access="white-box")

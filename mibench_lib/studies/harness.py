@@ -10,7 +10,7 @@ they loop over what their study varies and call this.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,16 @@ from mibench_lib.artifacts import (
     TrainedGAN,
     cached_evaluator,
     cached_gan,
+    data_fingerprint,
     load_face_extractor,
 )
-from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, ATTACKS, InversionResult
+from mibench_lib.attacks import ATTACK_ACCESS, ATTACKS, SPECS, InversionResult, TargetPrior
 from mibench_lib.baselines import (
     blank_image_baseline,
     mean_public_baseline,
     random_latent_baseline,
 )
-from mibench_lib.cache import ArtifactCache
+from mibench_lib.cache import ArtifactCache, tensor_fingerprint
 from mibench_lib.data import MISplit, load_dataset
 from mibench_lib.metrics import evaluate_reconstructions
 from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
@@ -145,6 +146,7 @@ def prepare_setting(
     attack_kwargs: Mapping[str, Mapping[str, Any]],
     query_budgets: Mapping[str, int],
     inception_weights: str,
+    prior_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     device: torch.device | str,
     out_dir: Path | str | None,
     progress: bool = True,
@@ -160,6 +162,7 @@ def prepare_setting(
     """
     recipe = {k: v for k, v in locals().items() if k != "eager"}
     recipe["device"] = str(device)
+    recipe["prior_kwargs"] = dict(prior_kwargs or {})
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; known: {sorted(ATTACKS)}")
@@ -194,19 +197,94 @@ def mean_public_image(split: MISplit, *, chunk: int = 4096) -> Tensor:
     return (total / max(1, data.shape[0])).float()
 
 
-def _needs(setting: StudySetting, name: str) -> dict[str, Any]:
-    """The public artifacts attack ``name`` takes as keyword arguments, built or loaded now."""
-    if name in BASELINES:
-        return {"generator": setting.prior.generator} if name == BASELINE else {}
-    available = {
-        "generator": lambda: setting.prior.generator,
-        "discriminator": lambda: setting.prior.discriminator,
+#: How a setting provides each of :data:`~mibench_lib.attacks.PUBLIC_NEEDS`.
+PUBLIC_ARTIFACTS: dict[str, Callable[[StudySetting], Any]] = {
+    "generator": lambda setting: setting.prior.generator,
+    "discriminator": lambda setting: setting.prior.discriminator,
+}
+
+
+def target_fingerprint(target: nn.Module) -> str:
+    """Identity of a target's weights and buffers (the cache key of its target priors)."""
+    state = target.state_dict()
+    return tensor_fingerprint(*(state[k] for k in sorted(state)))
+
+
+def build_target_prior(
+    setting: StudySetting, prior: TargetPrior, target: nn.Module
+) -> tuple[Any, dict[str, Any]]:
+    """Train (or load) ``prior`` for ``target`` through a query-counting oracle; cached per target.
+
+    The prior sees the target only through a :class:`~mibench_lib.oracle.TargetOracle` at
+    ``prior.access`` and the public images without labels. Its cache key holds the target's
+    weights (:func:`target_fingerprint`), the public data, its keyword arguments
+    (``prior_kwargs[prior.name]``) and the study's model seed.
+
+    Returns:
+        What the attack gets (``prior.load``) and the build's metadata, whose ``queries`` is the
+        number of images the oracle answered while training it.
+    """
+    r = setting.recipe
+    kwargs = dict(r.get("prior_kwargs", {}).get(prior.name, {}))
+    public = setting.split.public.unlabelled()
+    config = {
+        "prior": prior.name,
+        "access": prior.access,
+        "target": target_fingerprint(target),
+        "data": data_fingerprint(public),
+        "num_classes": setting.split.num_classes,
+        "kwargs": kwargs,
+        "seed": r["model_seed"],
     }
-    return {k: available[k]() for k in ATTACK_NEEDS[name]}  # MIFace never waits for the GAN
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        oracle = TargetOracle(target, access=prior.access)
+        tensors, meta = prior.build(
+            oracle,
+            public,
+            num_classes=setting.split.num_classes,
+            seed=r["model_seed"],
+            device=setting.device,
+            progress=setting.progress,
+            **kwargs,
+        )
+        return tensors, {**meta, "queries": oracle.queries}
+
+    tensors, meta, _ = setting.cache.get_or_build(f"prior_{prior.name}", config, build)
+    return prior.load(tensors, meta, setting.device), meta
+
+
+def _needs(
+    setting: StudySetting, name: str, target: nn.Module | None
+) -> tuple[dict[str, Any], int | None]:
+    """The artifacts attack ``name`` takes as keyword arguments, built or loaded now.
+
+    Returns:
+        The keyword arguments and the target queries its target priors cost (None when it has
+        none).
+    """
+    if name in BASELINES:
+        return ({"generator": setting.prior.generator} if name == BASELINE else {}), None
+    spec = SPECS[name]
+    kwargs = {need: PUBLIC_ARTIFACTS[need](setting) for need in spec.public_needs}
+    if not spec.target_priors:
+        return kwargs, None  # e.g. MIFace never waits for the GAN
+    if target is None:
+        raise ValueError(f"attack {name!r} trains priors with the target's answers: pass the target")
+    queries = 0
+    for prior in spec.target_priors:
+        kwargs[prior.name], meta = build_target_prior(setting, prior, target)
+        queries += int(meta["queries"])
+    return kwargs, queries
 
 
 def run_attack(
-    setting: StudySetting, name: str, oracle: TargetOracle | None, *, seed: int
+    setting: StudySetting,
+    name: str,
+    oracle: TargetOracle | None,
+    *,
+    seed: int,
+    target: nn.Module | None = None,
 ) -> InversionResult:
     """Run attack ``name`` (or a baseline of :data:`BASELINES`, which take no oracle) with ``seed``.
 
@@ -215,7 +293,7 @@ def run_attack(
     draws of a stochastic target (MID samples at inference) depending on whether this process had
     already loaded it.
     """
-    kwargs = _needs(setting, name)
+    kwargs, prior_queries = _needs(setting, name, target)
     rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # stochastic targets (MID samples at inference) draw from it
     if name == BASELINE:
@@ -224,9 +302,12 @@ def run_attack(
         return blank_image_baseline(setting.labels, shape=setting.split.image_shape)
     if name == "mean_public":
         return mean_public_baseline(mean_public_image(setting.split)[None], setting.labels)
-    return ATTACKS[name](
+    result = SPECS[name].run(
         oracle, setting.labels, rng=rng, **kwargs, **setting.attack_kwargs.get(name, {})
     )
+    if prior_queries is not None:
+        result.extras["prior_queries"] = prior_queries
+    return result
 
 
 def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> dict[str, Any]:
@@ -269,6 +350,8 @@ def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> 
             reference_cache=setting.reference_cache,
         )
         row["acc1_selected"] = sel_scores["acc1"]
+    if "prior_queries" in result.extras:  # queries its target priors cost, counted apart
+        row["prior_queries"] = result.extras["prior_queries"]
     if "found_start" in result.extras:  # BREP-MI: entries the target never labelled at the start
         row["start_found"] = float(result.extras["found_start"].float().mean())
     return row
@@ -306,7 +389,7 @@ def attack_and_score(
     _ = (setting.evaluator, setting.face)
     head = {"attack": name, "seed": seed, "access": access, "family": FAMILY[access]}
     try:
-        result = run_attack(setting, name, oracle, seed=seed)
+        result = run_attack(setting, name, oracle, seed=seed, target=target)
     except QueryBudgetExceeded as err:
         # The budget is part of the threat model: running out is a result of this run, not a
         # failure of the study. Nothing was reconstructed, so every metric is missing.

@@ -10,6 +10,7 @@ which process ran it or in what order.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -32,8 +33,12 @@ __all__ = [
     "attack_target",
     "build_artifact",
     "build_target",
+    "defense_columns",
+    "defense_label",
+    "key_label",
     "load_target",
     "observation_key",
+    "run_tag",
     "target_robust_accuracy",
 ]
 
@@ -211,6 +216,70 @@ def observation_key(ref: TargetRef, target: DefendedTarget, attack: str, *, seed
         sort_keys=True,
         default=str,
     )
+
+
+def defense_label(spec: Mapping[str, Any]) -> str:
+    """The label of a defense entry of a parameter file: its name and keyword arguments.
+
+    Example:
+        >>> defense_label({"name": "mid", "kwargs": {"beta": 0.01}})
+        'mid (beta=0.01)'
+        >>> defense_label({"name": "none"})
+        'none'
+    """
+    kw = spec.get("kwargs", {})
+    return spec["name"] + (
+        "" if not kw else " (" + ", ".join(f"{k}={v}" for k, v in kw.items()) + ")"
+    )
+
+
+def defense_columns(target: DefendedTarget) -> dict[str, Any]:
+    """The columns a defended target gives its rows: defense, kind, knob, natural accuracy, extras.
+
+    ``defense_<name>`` columns carry the numbers the defense owes its report (DP-SGD's epsilon,
+    TL-DMI's frozen fraction, adversarial training's robust accuracy).
+    """
+    from mibench_lib.defenses import DEFENSE_KIND
+
+    defense = target.defense
+    return {
+        "defense": defense.name,
+        "defense_kind": DEFENSE_KIND[defense.name],
+        "knob": defense.knob or "",
+        "knob_value": defense.knob_value,
+        "natural_acc": target.natural_acc,
+        **{f"defense_{k}": v for k, v in target.extra.items()},
+    }
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def key_label(key: Mapping[str, Any]) -> str:
+    """A row key's values as one readable label (``same_run_as``, figure legends).
+
+    Example:
+        >>> key_label({"defense_label": "none"}), key_label({"norm": "linf", "eps": 0.3})
+        ('none', 'linf 0.3')
+    """
+    return " ".join(_value_text(v) for v in key.values())
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
+
+
+def run_tag(key: Mapping[str, Any], attack: str, seed: int) -> str:
+    """File stem of one run's saved reconstructions: key values, attack and seed, file-name safe.
+
+    Example:
+        >>> run_tag({"defense_label": "mid (beta=0.01)"}, "gmi", 0)
+        'mid_beta=0.01_gmi_s0'
+        >>> run_tag({"norm": "linf", "eps": 0.3}, "brep_mi", 2)
+        'linf_0.3_brep_mi_s2'
+    """
+    parts = [_UNSAFE.sub("_", _value_text(v)).strip("_") for v in key.values()]
+    return "_".join([*parts, attack, f"s{seed}"])
 
 
 def attack_order(attacks: Sequence[str]) -> list[str]:

@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import reprlib
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -42,7 +42,8 @@ __all__ = ["StudyJobError", "StudyPool", "default_workers", "describe_job"]
 #: Upper bound of the automatic worker count (an explicit ``workers`` may exceed it).
 MAX_AUTO_WORKERS = 8
 
-_SETTING: StudySetting | None = None  # the worker process's setting, built by _init_worker
+_RECIPES: dict[str, dict[str, Any]] = {}  # the worker process's setting recipes, by variant
+_SETTINGS: dict[str, StudySetting] = {}  # the worker process's settings, built on first use
 
 #: Torch threads of every job, in a worker or in the notebook's process (``workers=1``). CPU
 #: kernels sum in an order that depends on the thread count, so trained weights and attack results
@@ -119,8 +120,10 @@ def describe_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str
     return f"{name}({', '.join(parts)})"
 
 
-def _init_worker(recipe: dict[str, Any], threads: int, parent_pid: int | None = None) -> None:
-    global _SETTING
+def _init_worker(
+    recipes: dict[str, dict[str, Any]], threads: int, parent_pid: int | None = None
+) -> None:
+    global _RECIPES
     if parent_pid is not None:
         from mibench_lib.studies.runner import die_with_parent
 
@@ -128,20 +131,35 @@ def _init_worker(recipe: dict[str, Any], threads: int, parent_pid: int | None = 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     torch.set_num_threads(threads)
-    _SETTING = prepare_setting(**{**recipe, "progress": False}, eager=False)
+    _RECIPES = recipes
+    _SETTINGS.clear()
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _SETTING is None:  # pragma: no cover - only reachable if the initializer failed
-        raise RuntimeError("study worker has no setting")
-    return fn(_SETTING, *args, **kwargs)
+def _worker_setting(variant: str) -> StudySetting:
+    """The worker's setting of ``variant``, prepared on its first job (its data loaded once)."""
+    if variant not in _SETTINGS:
+        if variant not in _RECIPES:  # pragma: no cover - only reachable if the initializer failed
+            raise RuntimeError(f"study worker has no setting {variant!r}")
+        _SETTINGS[variant] = prepare_setting(**{**_RECIPES[variant], "progress": False}, eager=False)
+    return _SETTINGS[variant]
+
+
+def _call(
+    variant: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    return fn(_worker_setting(variant), *args, **kwargs)
 
 
 class StudyPool:
     """``workers`` processes running ``fn(setting, ...)`` jobs of one study.
 
+    A study may hold several settings (*variants*, e.g. one per target resolution, each with its
+    own data, evaluator and GAN prior): a job names the variant whose setting it gets, and a
+    worker prepares each variant's setting on its first job there.
+
     Args:
-        setting: The notebook's setting (its ``recipe`` rebuilds it in each worker).
+        setting: The notebook's setting, or a mapping variant name -> setting (their ``recipe``
+            rebuilds them in each worker). A single setting is the variant ``""``.
         workers: Number of processes; 1 runs every job in this process at submission.
 
     Example:
@@ -151,41 +169,57 @@ class StudyPool:
         >>> pool.close()                                  # doctest: +SKIP
     """
 
-    def __init__(self, setting: StudySetting, *, workers: int = 1) -> None:
+    def __init__(
+        self, setting: StudySetting | Mapping[str, StudySetting], *, workers: int = 1
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.setting = setting
+        self.settings: dict[str, StudySetting] = (
+            dict(setting) if isinstance(setting, Mapping) else {"": setting}
+        )
+        if not self.settings:
+            raise ValueError("a StudyPool needs at least one setting")
+        self.setting = next(iter(self.settings.values()))
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
         # What each future computes, for error messages (forgotten with the future).
         self._jobs: weakref.WeakKeyDictionary[Future, str] = weakref.WeakKeyDictionary()
         if workers > 1:
-            threads = JOB_THREADS
+            recipes = {name: s.recipe for name, s in self.settings.items()}
             self._executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(setting.recipe, threads, os.getpid()),
+                initargs=(recipes, JOB_THREADS, os.getpid()),
             )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        """Queue ``fn(setting, *args, **kwargs)``; ``fn`` must be a module-level function."""
+        """Queue ``fn(setting, *args, **kwargs)`` on the first setting (see :meth:`submit_in`)."""
+        return self.submit_in(next(iter(self.settings)), fn, *args, **kwargs)
+
+    def submit_in(
+        self, variant: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Future:
+        """Queue ``fn(settings[variant], *args, **kwargs)``; ``fn`` must be a module-level function."""
         if self._closed:
             raise RuntimeError("this StudyPool is closed")
+        if variant not in self.settings:
+            raise KeyError(f"no setting {variant!r} in this pool; known: {list(self.settings)}")
         if self._executor is not None:
-            future = self._executor.submit(_call, fn, args, kwargs)
+            future = self._executor.submit(_call, variant, fn, args, kwargs)
         else:
             future = Future()
             previous = torch.get_num_threads()
             torch.set_num_threads(JOB_THREADS)  # as in a worker: rows independent of the count
             try:
-                future.set_result(fn(self.setting, *args, **kwargs))
+                future.set_result(fn(self.settings[variant], *args, **kwargs))
             except Exception as err:  # delivered by future.result(), exactly as from a worker
                 future.set_exception(err)
             finally:
                 torch.set_num_threads(previous)
-        self._jobs[future] = describe_job(fn, args, kwargs)
+        label = describe_job(fn, args, kwargs)
+        self._jobs[future] = label if len(self.settings) == 1 else f"[{variant}] {label}"
         return future
 
     def job(self, future: Future) -> str:
@@ -193,10 +227,14 @@ class StudyPool:
         return self._jobs.get(future, "<a job of another pool>")
 
     def warm_up(self) -> list[Future]:
-        """Queue the builds of the GAN prior, evaluator and extractor (GAN first: the longest)."""
+        """Queue the builds of every setting's GAN prior, evaluator and extractor (GANs first)."""
         from mibench_lib.studies.jobs import build_artifact
 
-        return [self.submit(build_artifact, name) for name in ARTIFACTS]
+        return [
+            self.submit_in(variant, build_artifact, name)
+            for name in ARTIFACTS
+            for variant in self.settings
+        ]
 
     def results(
         self,

@@ -1,0 +1,101 @@
+"""What an attack declares about itself, next to its function: access level and needs.
+
+A study never names an attack in its code. It reads the attack's :class:`AttackSpec`: the weakest
+oracle access level the attack works with (the oracle it gets answers at that level) and the
+artifacts it takes as keyword arguments. Those are of two kinds:
+
+- a *public artifact*, by name, that every study setting provides from public data only
+  (:data:`PUBLIC_NEEDS`: the GAN prior's ``"generator"`` and ``"discriminator"``);
+- a :class:`TargetPrior`: something the attack trains with the target's answers before its
+  search (KEDMI's and PLG-MI's GANs, LOMMA's surrogate models, LOKT's T-ACGAN). The study builds it
+  through a :class:`~mibench_lib.oracle.TargetOracle` at the prior's access level, which counts its
+  queries (reported as ``prior_queries``), and caches it by the target's weights, so every attack
+  run against the same target reuses it.
+
+Adding an attack is one file (its function and its ``SPEC``), one line in
+:data:`mibench_lib.attacks.ATTACKS`'s list and one test file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from mibench_lib.attacks._result import InversionResult
+from mibench_lib.oracle import ACCESS_LEVELS
+
+__all__ = ["PUBLIC_NEEDS", "AttackSpec", "TargetPrior"]
+
+#: Public artifacts every study setting provides, by the keyword an attack receives them under.
+PUBLIC_NEEDS: tuple[str, ...] = ("generator", "discriminator")
+
+
+@dataclass(frozen=True)
+class TargetPrior:
+    """An artifact an attack trains with the target's answers (cached per target).
+
+    Attributes:
+        name: Keyword argument the attack receives it under; also its cache folder.
+        access: Access level of the oracle it is trained through (its queries are counted).
+        build: ``build(oracle, public, *, num_classes, seed, device, progress, **kwargs)`` trains
+            it from the oracle and the public images (an unlabelled
+            :class:`~mibench_lib.data.ImageSet`) and returns ``(tensors, meta)``: a flat dict of
+            tensors and JSON-able metadata (what :meth:`~mibench_lib.cache.ArtifactCache.get_or_build`
+            stores). ``kwargs`` come from the parameter file's ``prior_kwargs[name]``.
+        load: ``load(tensors, meta, device)`` rebuilds what the attack gets from the cached files.
+    """
+
+    name: str
+    access: str
+    build: Callable[..., tuple[dict[str, Tensor], dict[str, Any]]]
+    load: Callable[[Mapping[str, Tensor], Mapping[str, Any], Any], Any]
+
+    def __post_init__(self) -> None:
+        if self.access not in ACCESS_LEVELS:
+            raise ValueError(f"prior {self.name!r}: unknown access level {self.access!r}")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack, as the study engine sees it.
+
+    Attributes:
+        name: Registry name (``"gmi"``), used in parameter files and result rows.
+        run: ``run(oracle, labels, *, rng, on_step, **needs, **kwargs) -> InversionResult``.
+        access: The weakest access level of ``mibench_lib.oracle.ACCESS_LEVELS`` it works with.
+        needs: Names of :data:`PUBLIC_NEEDS` and :class:`TargetPrior` instances it takes as
+            keyword arguments.
+    """
+
+    name: str
+    run: Callable[..., InversionResult]
+    access: str
+    needs: tuple[str | TargetPrior, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.access not in ACCESS_LEVELS:
+            raise ValueError(f"attack {self.name!r}: unknown access level {self.access!r}")
+        for need in self.needs:
+            if isinstance(need, str) and need not in PUBLIC_NEEDS:
+                raise ValueError(
+                    f"attack {self.name!r} needs {need!r}, which no study provides; public "
+                    f"artifacts: {list(PUBLIC_NEEDS)}; a target-dependent one is a TargetPrior"
+                )
+
+    @property
+    def public_needs(self) -> tuple[str, ...]:
+        """The :data:`PUBLIC_NEEDS` it takes."""
+        return tuple(n for n in self.needs if isinstance(n, str))
+
+    @property
+    def target_priors(self) -> tuple[TargetPrior, ...]:
+        """The :class:`TargetPrior` artifacts it takes."""
+        return tuple(n for n in self.needs if isinstance(n, TargetPrior))
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """Every keyword argument the study supplies from its needs."""
+        return tuple(n if isinstance(n, str) else n.name for n in self.needs)
