@@ -1,4 +1,4 @@
-"""The ``mibench`` command line: run, validate and list studies, and list the registries.
+"""The ``mibench`` command line: run, validate, list and compare studies, and list the registries.
 
 Usage::
 
@@ -7,11 +7,14 @@ Usage::
     mibench run-all [--study S] [--jobs N] [--force] [--include-tiny] [--out-root DIR] [--wait]
     mibench validate parameters/<study>/<config>.yaml [-p KEY VALUE ...]
     mibench list
+    mibench compare FOLDER [FOLDER ...] [--metrics M [M ...]] [--out DIR]
 
 ``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is
 reported on stderr (one line per problem) with exit status 2; a failed run is one line naming the
 executed notebook and status 1. A run whose output folder another run is writing is refused with
-status 1 (one line naming that run), or with ``--wait`` waits for it.
+status 1 (one line naming that run), or with ``--wait`` waits for it. ``compare`` puts the
+``results.csv`` of several output folders side by side (see :mod:`mibench_lib.studies.compare`);
+a folder it cannot read is reported as one line with status 2.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from mibench_lib.studies.params import ParameterError, display_path
@@ -85,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(validate)
 
     sub.add_parser("list", help="list datasets, models, attacks, metrics, defenses and studies")
+
+    compare = sub.add_parser(
+        "compare", help="put the results of several output folders side by side"
+    )
+    compare.add_argument(
+        "folders",
+        nargs="+",
+        metavar="FOLDER",
+        help="outputs/<study>/<config> folders (any folder holding a results.csv)",
+    )
+    compare.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help="metric columns (default: those of acc1 acc5 delta_eval delta_face fid_eval present); "
+        "the figure shows the first",
+    )
+    compare.add_argument(
+        "--out", default=None, metavar="DIR", help="write compare.csv, compare.md and compare.png"
+    )
     return parser
 
 
@@ -182,6 +208,33 @@ def _run_all(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from mibench_lib.studies.compare import (
+        CompareError,
+        IncompleteRunWarning,
+        compare_markdown,
+        compare_table,
+        gather_results,
+        save_compare,
+    )
+
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise _UsageError(f"--out {display_path(args.out)} is a file, not a folder")
+    try:
+        with warnings.catch_warnings():
+            # An unfinished run is named in the table's notes; no Python warning on top of it.
+            warnings.simplefilter("ignore", IncompleteRunWarning)
+            df = gather_results(args.folders)
+        table = compare_table(df, args.metrics)
+        _say(compare_markdown(table))
+        if args.out is not None:
+            paths = save_compare(df, args.out, args.metrics)
+            _say(f"wrote {', '.join(display_path(p) for p in paths.values())}")
+    except CompareError as err:
+        raise _UsageError(str(err)) from err
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mibench``; returns the exit status.
 
@@ -207,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)
     previous_level = log.level
     log.setLevel(logging.INFO)
-    commands = {"run": _run, "run-all": _run_all, "validate": _validate}
+    commands = {"run": _run, "run-all": _run_all, "validate": _validate, "compare": _compare}
     try:
         if args.command == "list":
             return _list()
