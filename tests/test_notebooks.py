@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import ast
 import math
 from pathlib import Path
 
+import jupytext
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
-from mibench_lib.studies.params import load_parameters
+from mibench_lib.studies.params import INJECTED, load_parameters, notebook_parameters
 from mibench_lib.studies.runner import list_studies, run_config
 
 KEY_DEFENSES = ["defense_label", "attack", "seed"]
+GOLDEN_KEYS = {
+    "predictive_power": ["attack", "threshold", "seed"],
+    "defenses": KEY_DEFENSES,
+    "adversarial_robustness": ["norm", "eps", "attack", "seed"],
+}
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CONFIGS = sorted((ROOT / "parameters").glob("*/*.yaml"))
@@ -27,6 +35,59 @@ def test_notebook_committed_without_outputs_and_with_parameters_cell(path):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
     assert (ROOT / "parameters" / path.stem / "tiny.yaml").exists(), "every study needs a tiny.yaml"
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_a_jupytext_pair_in_sync(path):
+    """``notebooks/<study>.py`` (py:percent, what reviews and ruff read) is the .ipynb's code."""
+    script = path.with_suffix(".py")
+    assert script.exists(), (
+        f"{path.name} has no py:percent pair; run: jupytext --set-formats ipynb,py:percent {path}"
+    )
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    paired = jupytext.read(script)
+    assert _cells(paired) == _cells(nb), (
+        f"{path.name} and {script.name} differ: run `jupytext --sync {script}` and commit both"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_defaults_are_its_default_yaml(path):
+    """ "Run All" in JupyterLab runs exactly the configuration `mibench run default.yaml` runs."""
+    params = load_parameters(ROOT / "parameters" / path.stem / "default.yaml", path)
+    defaults = {
+        name: ast.literal_eval(spec.default)
+        for name, spec in notebook_parameters(path).items()
+        if name not in INJECTED
+    }
+    differ = {k: (defaults[k], v) for k, v in params.items() if k in defaults and defaults[k] != v}
+    assert not differ, f"notebook default vs default.yaml: {differ}"
+
+
+GOLDEN = Path(__file__).parent / "studies" / "fixtures" / "golden_tiny"
+
+
+def _assert_rows_as_recorded(study: str, df: pd.DataFrame, key: list[str]) -> None:
+    """The tiny study's rows equal those the code wrote before the study engine replaced the
+    notebooks' own run loops (recorded at commit 12e94fe; equal to the last bit on the recording
+    machine; a margin for other CPUs' float summation order)."""
+    golden = pd.read_csv(GOLDEN / f"{study}.csv")
+    new = df.sort_values(key, ignore_index=True)
+    assert set(golden.columns) <= set(new.columns), set(golden.columns) - set(new.columns)
+    new = new[list(golden.columns)]
+    numeric = [c for c in golden if pd.api.types.is_numeric_dtype(golden[c])]
+    text = [c for c in golden if c not in numeric]
+    pd.testing.assert_frame_equal(golden[text].astype(str), new[text].astype(str))
+    for col in numeric:
+        close = np.isclose(
+            golden[col], new[col].astype(float), rtol=1e-3, atol=1e-3, equal_nan=True
+        )
+        assert close.all(), (col, golden.loc[~close, col].tolist(), new.loc[~close, col].tolist())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -53,6 +114,8 @@ def test_study_tiny_smoke(study, tmp_path):
     )
     params = load_parameters(params_file, ROOT / "notebooks" / f"{study}.ipynb")
     df = pd.read_csv(out / "results.csv")
+    if (GOLDEN / f"{study}.csv").exists():
+        _assert_rows_as_recorded(study, df.drop(columns="wall_time_s"), GOLDEN_KEYS[study])
     assert set(params["attacks"]) <= set(df["attack"])
     for col in ["acc1", "acc5", "delta_eval", "delta_face", "fid_eval", "target_acc"]:
         assert df[col].map(math.isfinite).all(), col

@@ -501,7 +501,22 @@ ATTACK_SUPPLIED = frozenset({"oracle", "labels", "rng", "on_step"})
 #: Keyword arguments a defense gets from the study (``make_defense``), never from a parameter file:
 #: the names of ``mibench_lib.defenses.STUDY_INPUTS`` (the target's seed and epochs, the device,
 #: labelled public data, a generator).
-DEFENSE_SUPPLIED = frozenset(importlib.import_module("mibench_lib.defenses").STUDY_INPUTS)
+#: (``DEFENSE_SUPPLIED`` is read lazily: importing the defenses imports torch and opacus, which
+#: ``mibench --help`` does not need.)
+#: Keyword arguments a target prior's ``build`` gets from the study, never from a parameter file.
+PRIOR_SUPPLIED = frozenset({"oracle", "public", "num_classes", "seed", "device", "progress"})
+
+
+def _defense_supplied() -> frozenset[str]:
+    return frozenset(importlib.import_module("mibench_lib.defenses").STUDY_INPUTS)
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: DEFENSE_SUPPLIED on first use
+    if name == "DEFENSE_SUPPLIED":
+        return _defense_supplied()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _TRAIN_SUPPLIED = frozenset(
     {
         "model",
@@ -874,6 +889,25 @@ def _check_attack_kwargs(field: str, value: Any, values: Mapping[str, Any]) -> I
         )
 
 
+def _check_prior_kwargs(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
+    if not isinstance(value, dict):
+        yield (
+            field,
+            f"expects a mapping of target prior to keyword arguments, got {_describe(value)}",
+        )
+        return
+    specs = _registry("mibench_lib.attacks", "SPECS")
+    priors = {p.name: p for spec in specs.values() for p in spec.target_priors}
+    for name, kwargs in value.items():
+        if name not in priors:
+            known = _names(priors) if priors else "none (no registered attack trains one)"
+            yield field, f"unknown target prior {name!r}; known: {known}"
+            continue
+        yield from _check_kwargs(
+            f"{field}.{name}", kwargs, priors[name].build, PRIOR_SUPPLIED, what=f"prior {name!r}"
+        )
+
+
 def _check_query_budgets(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
     if not isinstance(value, dict):
         yield field, f"expects a mapping of attack name to query budget, got {_describe(value)}"
@@ -930,7 +964,7 @@ def _check_defenses(field: str, value: Any, values: Mapping[str, Any]) -> Issues
             continue
         kwargs = entry.get("kwargs", {})
         yield from _check_kwargs(
-            f"{at}.kwargs", kwargs, defenses[name], DEFENSE_SUPPLIED, what=f"defense {name!r}"
+            f"{at}.kwargs", kwargs, defenses[name], _defense_supplied(), what=f"defense {name!r}"
         )
         identity = json.dumps([name, kwargs], sort_keys=True, default=str)
         if identity in seen:
@@ -1016,6 +1050,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Issues]] = {
     "baselines": _check_baselines,
     "attack_kwargs": _check_attack_kwargs,
     "query_budgets": _check_query_budgets,
+    "prior_kwargs": _check_prior_kwargs,
     "defenses": _check_defenses,
     "dataset": _check_dataset,
     "dataset_kwargs": _check_dataset_kwargs,
