@@ -157,6 +157,7 @@ def tensor_fingerprint(*tensors: Tensor) -> str:
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        t = t.reshape(-1)  # a 0-d tensor (e.g. BatchNorm's num_batches_tracked) cannot be viewed
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
