@@ -11,6 +11,8 @@ The library is a set of small modules by concern:
   target; it enforces the access level and counts queries.
 - :mod:`mibench_lib.attacks`: one file per attack, each a function returning an
   :class:`~mibench_lib.attacks.InversionResult`.
+- :mod:`mibench_lib.byo`: bring your own models: the target, generator and critic contracts, the
+  adapters (``as_target``, ``as_generator``, ``as_critic``) and checks every attack runs on entry.
 - :mod:`mibench_lib.metrics`: the nine MIBench metrics.
 - :mod:`mibench_lib.cache`: content-addressed artifact cache (safetensors + JSON metadata + checksum).
 - :mod:`mibench_lib.studies`: the papermill runner and the ``mibench`` command line.

@@ -387,7 +387,11 @@ class TargetOracle:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for attr in ("num_classes", "input_shape"):
             if not hasattr(model, attr):
-                raise TypeError(f"model {type(model).__name__} has no {attr!r} attribute")
+                raise TypeError(
+                    f"model {type(model).__name__} has no {attr!r} attribute: a target exposes "
+                    "num_classes and input_shape (C, H, W); wrap a plain module with "
+                    "mibench_lib.byo.as_target(module, num_classes=K, input_shape=(C, H, W))"
+                )
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
         if budget is not None:

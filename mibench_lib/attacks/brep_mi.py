@@ -7,7 +7,8 @@ space of a public GAN, away from the decision boundary of the target class ``y``
 1. Start point: draw ``z ~ N(0, I)`` clamped to ``[-point_clamp, point_clamp]`` in batches and keep,
    for each label, a draw that the target already labels ``y``. The official code keeps drawing
    until every label has one; here the search gives up after ``max_init_batches`` batches
-   (see ``missing_start``).
+   (see ``missing_start``). Start points can also be given (``start_latents``); the target must
+   label each one ``y``.
 2. Each iteration, with the sphere radius ``R`` at its current value:
    a. step size ``min(R / 3, 3)``;
    b. ``sphere_points`` points ``z + R u_k`` with ``u_k`` uniform on the unit sphere (normalised
@@ -57,6 +58,7 @@ from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
+from mibench_lib.byo import check_generator
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import TargetOracle
 
@@ -70,10 +72,21 @@ def _predicted_labels(
 
     With ``chunk``, at most that many images are generated and sent per oracle call; each image
     is still one query, and in eval mode every image's label is independent of its batch.
+
+    Raises:
+        ValueError: the answer is neither (M,) labels nor (M, num_classes) scores (a target that
+            breaks its contract; :func:`mibench_lib.byo.check_target` says how).
     """
     if chunk is not None and z.shape[0] > chunk:
         return torch.cat([_predicted_labels(oracle, generator, part) for part in z.split(chunk)])
     out = oracle(generator(z))
+    m, k = z.shape[0], oracle.num_classes
+    if tuple(out.shape) not in ((m,), (m, k)):
+        raise ValueError(
+            f"the oracle answered {m} images with shape {tuple(out.shape)}, neither ({m},) labels "
+            f"nor ({m}, {k}) scores: the target must map (N, C, H, W) images to (N, num_classes) "
+            "logits; check it with mibench_lib.byo.check_target(model)"
+        )
     return out if out.ndim == 1 else out.argmax(dim=1)
 
 
@@ -157,6 +170,63 @@ def _initial_points(
     )
 
 
+def _given_points(start_latents: object, n: int, dim: int, point_clamp: float) -> Tensor:
+    """User-given start points, checked (shape, dtype, inside the latent box) and copied to CPU."""
+    if not isinstance(start_latents, Tensor):
+        raise TypeError(
+            f"start_latents must be a torch.Tensor or None, got {type(start_latents).__name__}"
+        )
+    if tuple(start_latents.shape) != (n, dim):
+        raise ValueError(
+            f"start_latents must have shape (N, latent_dim) = ({n}, {dim}), one start point per "
+            f"label entry, got {tuple(start_latents.shape)}"
+        )
+    if start_latents.dtype != torch.get_default_dtype():
+        raise ValueError(
+            f"start_latents must have dtype {torch.get_default_dtype()} (that of the random "
+            f"draws), got {start_latents.dtype}"
+        )
+    if not torch.isfinite(start_latents).all():
+        raise ValueError("start_latents must be finite, got nan or inf")
+    lo, hi = float(start_latents.min()), float(start_latents.max())
+    if lo < -point_clamp or hi > point_clamp:
+        raise ValueError(
+            f"start_latents must lie in [-point_clamp, point_clamp] = [{-point_clamp}, "
+            f"{point_clamp}], where the attack keeps its iterates, got values in [{lo:.4g}, "
+            f"{hi:.4g}]: clamp them (the target must still label them) or raise point_clamp"
+        )
+    return start_latents.detach().to("cpu", copy=True)
+
+
+def _verified_points(
+    oracle: TargetOracle,
+    generator: Generator,
+    start: Tensor,
+    labels: Tensor,
+    *,
+    chunk: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Given start points, once the target labels each ``G(start_i)`` as ``labels_i`` (N queries).
+
+    Returns ``(start, found)`` as :func:`_initial_points` does (every entry found).
+
+    Raises:
+        ValueError: some start points are labelled otherwise; the message names them.
+    """
+    pred = _predicted_labels(oracle, generator, start.to(oracle.device), chunk).cpu()
+    wrong = (pred != labels.cpu()).nonzero().squeeze(1)
+    if wrong.numel():
+        shown = wrong[:10].tolist()
+        more = f" (and {wrong.numel() - 10} more)" if wrong.numel() > 10 else ""
+        raise ValueError(
+            f"start_latents must each be labelled by the target as their entry's label: entries "
+            f"{shown}{more} with labels {labels.cpu()[wrong[:10]].tolist()} are labelled "
+            f"{pred[wrong[:10]].tolist()}. Give start points the target labels y, or omit "
+            "start_latents to let the attack search for them"
+        )
+    return start, torch.ones(labels.numel(), dtype=torch.bool)
+
+
 def _sphere(
     z: Tensor, radius: Tensor, num_points: int, rng: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
@@ -233,6 +303,7 @@ def brep_mi_attack(
     repulsion_only: bool = True,
     missing_start: str = "raise",
     query_batch: int | None = 4096,
+    start_latents: Tensor | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
@@ -241,12 +312,22 @@ def brep_mi_attack(
     Works at every access level: probabilities, top-k or logits are reduced to their argmax, and
     the target model itself is never touched, so a ``"label"`` oracle suffices.
 
+    The generator is checked first against the contract of
+    :func:`mibench_lib.byo.check_generator` (its images must be the target's input shape, in
+    [0, 1]; one forward pass on a few latents, leaving every random state as it was). The target
+    is out of reach at black-box access: check your own with
+    :func:`mibench_lib.byo.check_target` before building its oracle (as
+    :func:`mibench_lib.byo.as_target` does); an answer of the wrong shape is reported at the
+    first query.
+
     Args:
         oracle: Oracle of the target at any access level.
         labels: (N,) int64 class ids in ``[0, K)``; repeats allowed (each gets its own start
             point and walk).
         generator: Public-data GAN generator on the oracle's device, (M, latent_dim) ->
-            (M, C, H, W) in [0, 1]. Run in eval mode without gradients, never updated.
+            (M, C, H, W) in [0, 1], with a ``latent_dim`` attribute (see
+            :func:`mibench_lib.byo.as_generator`). Run in eval mode without gradients, never
+            updated.
         sphere_points: Points per sphere (official 32).
         initial_radius: Starting sphere radius (official 2).
         expansion: Radius growth factor (official 1.3).
@@ -271,14 +352,22 @@ def brep_mi_attack(
             stops with a ValueError naming the labels; ``"random"`` gives each such entry its own
             fresh clamped Gaussian latent (drawn from ``rng`` after the search, never queried),
             does not attack it (no further queries) and marks it ``False`` in
-            ``extras["found_start"]``, so a study scores it as the failure it is.
+            ``extras["found_start"]``, so a study scores it as the failure it is. Only for the
+            search: given ``start_latents`` must all be labelled right.
         query_batch: At most this many images are generated and sent to the oracle per call
             (start-point batches, sphere points of all running labels, the final images); None
             sends each batch whole. Only memory changes: the queries and their count are the
             same, and in eval mode each image's answer does not depend on its batch (up to
             floating-point rounding of batched kernels). A CelebA run of 5000 entries asks for
             160,000 sphere images per iteration, more than a GPU holds at once through a VGG16.
-        rng: CPU generator for start points and sphere directions (moved to the oracle's device).
+        start_latents: (N, latent_dim) start points instead of the search, one per label entry,
+            inside ``[-point_clamp, point_clamp]``, float32 (torch's default dtype), on any
+            device; copied, never modified. The target must label each ``G(start_latents[i])``
+            as ``labels[i]``: the attack checks this with one query per entry (these N queries
+            are its ``init_queries``, in place of the search's) and raises a ValueError naming
+            the entries it labels otherwise. ``None`` (default): the search above, from ``rng``.
+        rng: CPU generator for start points and sphere directions (moved to the oracle's device);
+            only the sphere directions when ``start_latents`` is given.
         on_step: Progress hook ``on_step(iteration, max_iters or 0, info)``, called every 10
             iterations and at the last one, with the number of running labels, their mean radius
             and the mean fraction of sphere points outside the class.
@@ -293,14 +382,19 @@ def brep_mi_attack(
 
         - ``"radius"``: (N,) final sphere radius;
         - ``"iterations"``: (N,) iterations each label ran;
-        - ``"start_latents"``: (N, latent_dim) start points;
+        - ``"start_latents"``: (N, latent_dim) start points (found or given);
         - ``"last_latents"``: (N, latent_dim) last iterates (not the output);
-        - ``"init_queries"``: queries spent on the start-point search;
+        - ``"init_queries"``: queries spent on the start-point search (or, with
+          ``start_latents``, on checking their labels: N);
         - ``"found_start"``: (N,) bool, False for entries that got no start point (only with
           ``missing_start="random"``; they are never attacked and keep ``iterations`` 0).
 
     Raises:
-        ValueError: bad labels or parameters, or no start point found for some labels (named).
+        ValueError: bad labels or parameters, no start point found for some labels (named), given
+            ``start_latents`` of the wrong shape or dtype, outside the latent box or labelled
+            otherwise by the target (named), a generator that breaks its contract
+            (:func:`mibench_lib.byo.check_generator`), or oracle answers of the wrong shape.
+        TypeError: a generator without ``latent_dim``.
         QueryBudgetExceeded: the oracle's budget runs out.
 
     Example:
@@ -337,25 +431,35 @@ def brep_mi_attack(
         raise ValueError(
             f"init_batch and max_init_batches must be >= 1, got {init_batch} and {max_init_batches}"
         )
+    # The generator against its contract before any work (no queries, no random draws used).
+    check_generator(generator, image_shape=oracle.input_shape)
+    n = labels.numel()
+    given = (
+        None
+        if start_latents is None
+        else _given_points(start_latents, n, generator.latent_dim, point_clamp)
+    )
 
     start_queries, t0 = oracle.queries, time.perf_counter()
     device = oracle.device
-    n = labels.numel()
     y = labels.to(device)
     losses: list[float] = []
 
     with eval_mode(generator), torch.no_grad():
-        start, found = _initial_points(
-            oracle,
-            generator,
-            labels,
-            batch=init_batch,
-            max_batches=max_init_batches,
-            point_clamp=point_clamp,
-            rng=rng,
-            missing_start=missing_start,
-            chunk=query_batch,
-        )
+        if given is None:
+            start, found = _initial_points(
+                oracle,
+                generator,
+                labels,
+                batch=init_batch,
+                max_batches=max_init_batches,
+                point_clamp=point_clamp,
+                rng=rng,
+                missing_start=missing_start,
+                chunk=query_batch,
+            )
+        else:
+            start, found = _verified_points(oracle, generator, given, labels, chunk=query_batch)
         init_queries = oracle.queries - start_queries
         z = start.to(device, copy=True)
         snapshot = z.clone()

@@ -30,7 +30,7 @@ repository; the two ``inversion`` functions differ only in the defaults below an
   A ``"mean"`` over this run's own batch would instead shrink the step as labels, repeats or
   batched restarts are added. The function defaults are the CelebA script's.
 - The official restarts are five sequential runs seeded 0..4; here all restarts run in one batch,
-  drawn from ``rng``.
+  drawn from ``rng`` (or given as ``start_latents``).
 - The official selection compares ``score[i, i]`` (row index used as the class, right only for
   labels 0..99 in order) against a running best that starts at 0 (so a restart whose logits are all
   negative is never kept). Here each entry keeps the restart with the largest logit of its own
@@ -52,6 +52,7 @@ from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
+from mibench_lib.byo import check_critic, check_generator, check_target
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
@@ -81,6 +82,7 @@ def gmi_attack(
     clip: float = 1.0,
     select: Literal["best", "all"] = "best",
     batch_size: int | None = None,
+    start_latents: Tensor | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
@@ -91,13 +93,19 @@ def gmi_attack(
     only on its own loss (see ``loss_divisor``), so chunking changes memory, not the search.
     Latents are laid out restart-major: latent ``r * N + i`` is restart ``r`` of entry ``i``.
 
+    The target, the generator and the critic are checked first against the contracts of
+    :mod:`mibench_lib.byo` (one forward pass each on a tiny batch, not counted as queries and
+    leaving every random state as it was), so a wrong model fails before the search with an
+    error that says how to fix it.
+
     Args:
         oracle: White-box oracle of the target, (M, C, H, W) in [0, 1] -> (M, K) logits.
         labels: (N,) int64 class ids in ``[0, K)``; repeats allowed (one reconstruction each).
         generator: Public-data GAN generator on the oracle's device, (M, latent_dim) ->
-            (M, C, H, W) in [0, 1]. Run in eval mode, never updated.
+            (M, C, H, W) in [0, 1], with a ``latent_dim`` attribute (see
+            :func:`mibench_lib.byo.as_generator`). Run in eval mode, never updated.
         discriminator: Its WGAN critic on the same device, (M, C, H, W) in [0, 1] -> (M,) raw
-            scores. Run in eval mode, never updated.
+            scores (see :func:`mibench_lib.byo.as_critic`). Run in eval mode, never updated.
         steps: Optimisation steps (official 1500; 0 keeps the initial draws).
         lr: Learning rate (CelebA script 0.02, MNIST script 0.01; see :data:`OFFICIAL_SCALING`).
         loss_divisor: The per-latent losses are summed and divided by this number before the
@@ -115,7 +123,16 @@ def gmi_attack(
         batch_size: Most latents put through G, D and the target at once; ``None``: all of them
             (fastest on a CPU). Large face configurations (thousands of identities x restarts)
             set it to fit GPU memory.
-        rng: CPU generator for the initial latents (moved to the oracle's device afterwards).
+        start_latents: Start points of the search instead of random draws:
+            ``(restarts, N, latent_dim)``, entry ``[r, i]`` being restart ``r`` of label entry
+            ``i``; with ``restarts=1`` an ``(N, latent_dim)`` tensor is accepted too. Float32
+            (torch's default dtype, as the draws), finite, on any device; copied, never
+            modified. Like the draws they are not clamped before the first step. ``None``
+            (default) draws them from ``rng``; passing
+            ``torch.randn(restarts, N, latent_dim, generator=rng)`` gives exactly the default
+            search.
+        rng: CPU generator for the initial latents (moved to the oracle's device afterwards);
+            unused when ``start_latents`` is given.
         on_step: Progress hook ``on_step(step, steps, info)``, called every 10 steps and at the
             last one, with the mean total, prior and identity losses (of the current chunk).
 
@@ -135,8 +152,12 @@ def gmi_attack(
         AccessDenied: the oracle is not white-box (GMI needs the target's gradients).
         ValueError: bad labels, a non-positive ``lr``/``loss_divisor``/``clip``/``restarts``,
             ``momentum`` outside
-            (0, 1), negative ``steps``/``lambda_iden``, an unknown ``select``, or a discriminator
-            that does not return one score per image.
+            (0, 1), negative ``steps``/``lambda_iden``, an unknown ``select``, ``start_latents``
+            of the wrong shape or dtype, or a target, generator or discriminator that breaks its
+            contract (:mod:`mibench_lib.byo`; e.g. a critic that does not return one score per
+            image, or a generator whose images are not the target's input shape in [0, 1]).
+        TypeError: a target or generator without its attributes (``num_classes`` and
+            ``input_shape``; ``latent_dim``).
         QueryBudgetExceeded: the oracle's budget runs out.
 
     Example:
@@ -172,12 +193,18 @@ def gmi_attack(
         raise ValueError(f"select must be 'best' or 'all', got {select!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    # Every network against its contract before any work (no queries, no random draws used).
+    check_target(oracle.module)
+    check_generator(generator, image_shape=oracle.input_shape)
+    check_critic(discriminator, image_shape=oracle.input_shape)
+    n, dim = labels.numel(), generator.latent_dim
+    given = None if start_latents is None else _given_starts(start_latents, restarts, n, dim)
 
     start_queries, t0 = oracle.queries, time.perf_counter()
     device = oracle.device
-    n, dim = labels.numel(), generator.latent_dim
     y = labels.repeat(restarts).to(device)  # restart-major, matching z below
-    z_init = torch.randn(restarts * n, dim, generator=rng)  # drawn on CPU for device-independence
+    # drawn on CPU for device-independence
+    z_init = torch.randn(restarts * n, dim, generator=rng) if given is None else given
     m = restarts * n
     chunk = m if batch_size is None else batch_size
     loss_sums = torch.zeros(steps, dtype=torch.float64)
@@ -229,6 +256,34 @@ def gmi_attack(
             "selected": selected.cpu(),
         },
     )
+
+
+def _given_starts(start_latents: Tensor, restarts: int, n: int, dim: int) -> Tensor:
+    """``start_latents`` checked and copied to the restart-major (restarts * n, dim) layout."""
+    if not isinstance(start_latents, Tensor):
+        raise TypeError(
+            f"start_latents must be a torch.Tensor or None, got {type(start_latents).__name__}"
+        )
+    shape = tuple(start_latents.shape)
+    if shape == (n, dim) and restarts != 1:
+        raise ValueError(
+            f"start_latents of shape (N, latent_dim) = {shape} need restarts=1, got "
+            f"restarts={restarts}; pass shape (restarts, N, latent_dim) = ({restarts}, {n}, {dim})"
+        )
+    if shape not in ((restarts, n, dim), (n, dim)):
+        raise ValueError(
+            f"start_latents must have shape (restarts, N, latent_dim) = ({restarts}, {n}, {dim})"
+            f" (or (N, latent_dim) = ({n}, {dim}) with restarts=1), got {shape}"
+        )
+    if start_latents.dtype != torch.get_default_dtype():
+        raise ValueError(
+            f"start_latents must have dtype {torch.get_default_dtype()} (that of the random "
+            f"draws), got {start_latents.dtype}"
+        )
+    if not torch.isfinite(start_latents).all():
+        raise ValueError("start_latents must be finite, got nan or inf")
+    # a copy: the search updates its latents in place
+    return start_latents.detach().reshape(restarts * n, dim).clone()
 
 
 def _search(

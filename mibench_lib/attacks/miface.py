@@ -50,6 +50,7 @@ from mibench_lib._checks import check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
+from mibench_lib.byo import check_target
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
 __all__ = ["miface_attack"]
@@ -79,6 +80,10 @@ def miface_attack(
     on_step: StepCallback | None = None,
 ) -> InversionResult:
     """Invert ``labels`` by gradient descent in pixel space from the zero image (Algorithm 1).
+
+    The target is checked first against the contract of :func:`mibench_lib.byo.check_target`
+    (one forward pass on a tiny batch, not counted as queries and leaving every random state as
+    it was), so a wrong model fails before the descent with an error that says how to fix it.
 
     Args:
         oracle: White-box oracle of the target, (M, C, H, W) in [0, 1] -> (M, K) logits; the
@@ -111,8 +116,9 @@ def miface_attack(
 
     Raises:
         AccessDenied: the oracle is not white-box (the attack needs the target's gradients).
-        ValueError: bad labels, a non-positive ``lr`` or ``window``, a negative ``max_iter`` or a
-            ``threshold`` outside (0, 1].
+        ValueError: bad labels, a non-positive ``lr`` or ``window``, a negative ``max_iter``, a
+            ``threshold`` outside (0, 1], or a target that breaks its contract
+            (:func:`mibench_lib.byo.check_target`).
         QueryBudgetExceeded: the oracle's budget runs out.
 
     Example:
@@ -139,6 +145,7 @@ def miface_attack(
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    check_target(oracle.module)  # before any work: no queries, no random state used
 
     start_queries, t0 = oracle.queries, time.perf_counter()
     device = oracle.device

@@ -525,3 +525,131 @@ def test_query_batch_changes_memory_only(digits_target, digits_generator):
             generator=digits_generator,
             query_batch=0,
         )
+
+
+# -- start latents ---------------------------------------------------------------------------------
+def _found_starts(target, generator, labels, rng):
+    """The start points the default search finds, drawing from ``rng`` (left where it stops)."""
+    with torch.no_grad():
+        start, found = _initial_points(
+            TargetOracle(target, access="label"),
+            generator,
+            labels,
+            batch=256,
+            max_batches=100,
+            point_clamp=1.5,
+            rng=rng,
+        )
+    assert found.all()
+    return start
+
+
+def test_start_latents_replace_the_search_and_cost_one_query_each(digits_target, digits_generator):
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    start = _found_starts(digits_target, digits_generator, labels, _rng(3))
+    kept = start.clone()
+    oracle = TargetOracle(digits_target, access="label")
+    res = brep_mi_attack(
+        oracle, labels, generator=digits_generator, start_latents=start, max_iters=0
+    )
+    assert torch.equal(res.latents, start) and torch.equal(res.extras["start_latents"], start)
+    assert res.queries == oracle.queries == res.extras["init_queries"] == 5  # the label check
+    assert res.extras["found_start"].all() and torch.equal(start, kept)
+    with torch.no_grad():
+        assert torch.equal(res.images, digits_generator(start))
+
+
+def test_given_starts_continue_exactly_like_the_search(digits_target, digits_generator):
+    """Given the points the search finds, and the rng where it leaves it: the same walk."""
+    labels = torch.tensor([0, 1, 2, 3])
+    kw = dict(generator=digits_generator, initial_radius=1.0, max_iters=6)
+    default = brep_mi_attack(TargetOracle(digits_target, access="label"), labels, rng=_rng(0), **kw)
+    rng = _rng(0)
+    start = _found_starts(digits_target, digits_generator, labels, rng)
+    given = brep_mi_attack(
+        TargetOracle(digits_target, access="label"), labels, start_latents=start, rng=rng, **kw
+    )
+    assert torch.equal(given.extras["start_latents"], default.extras["start_latents"])
+    assert torch.equal(given.images, default.images)
+    assert torch.equal(given.latents, default.latents)
+    assert torch.equal(given.extras["last_latents"], default.extras["last_latents"])
+    assert torch.equal(given.extras["radius"], default.extras["radius"])
+    assert given.losses == default.losses
+    assert given.extras["init_queries"] == 4
+    walk = default.queries - default.extras["init_queries"]
+    assert given.queries - 4 == walk == 33 * int(default.extras["iterations"].sum()) > 0
+
+
+def test_first_iteration_starts_from_the_given_points(digits_target, digits_generator):
+    labels = torch.tensor([2, 0])
+    start = _found_starts(digits_target, digits_generator, labels, _rng(8))
+    res = brep_mi_attack(
+        TargetOracle(digits_target, access="label"),
+        labels,
+        generator=digits_generator,
+        start_latents=start,
+        max_iters=1,
+        rng=_rng(4),
+    )
+    with torch.no_grad():
+        z, radius, *_ = _iteration(
+            TargetOracle(digits_target, access="label"),
+            digits_generator,
+            start,
+            labels,
+            torch.full((2,), 2.0),
+            sphere_points=32,
+            expansion=1.3,
+            point_clamp=1.5,
+            repulsion_only=True,
+            rng=_rng(4),
+        )
+    assert torch.equal(res.extras["last_latents"], z)
+    assert torch.equal(res.extras["radius"], radius)
+
+
+def test_start_latents_the_target_labels_otherwise_are_named(digits_target, digits_generator):
+    labels = torch.tensor([0, 1, 2])
+    start = _found_starts(digits_target, digits_generator, labels, _rng(3))
+    oracle = TargetOracle(digits_target, access="label")
+    swapped = start[[0, 2, 1]]  # entries 1 and 2 now hold each other's points
+    with pytest.raises(
+        ValueError, match=r"entries \[1, 2\] with labels \[1, 2\] are labelled \[2, 1\]"
+    ):
+        brep_mi_attack(oracle, labels, generator=digits_generator, start_latents=swapped)
+    assert oracle.queries == 3  # only the label check ran
+
+
+@pytest.mark.parametrize(
+    ("start", "match"),
+    [
+        (torch.zeros(3, 8), r"\(N, latent_dim\) = \(2, 8\).*got \(3, 8\)"),
+        (torch.zeros(2, 1, 8), r"got \(2, 1, 8\)"),
+        (torch.zeros(2, 8, dtype=torch.float64), "dtype torch.float32.*got torch.float64"),
+        (torch.full((2, 8), float("inf")), "finite"),
+        (torch.full((2, 8), 2.0), r"\[-1.5, 1.5\].*got values in \[2, 2\].*point_clamp"),
+    ],
+)
+def test_bad_start_latents_raise_before_any_query(start, match):
+    oracle = TargetOracle(tiny_classifier(), access="label")
+    with pytest.raises(ValueError, match=match):
+        brep_mi_attack(
+            oracle, torch.tensor([3, 3]), generator=tiny_generator(), start_latents=start
+        )
+    assert oracle.queries == 0
+
+
+def test_answers_of_the_wrong_shape_are_reported():
+    class ThreeScores(torch.nn.Module):
+        """Declares 2 classes but returns 3 logits (out of reach of check_target: black box)."""
+
+        num_classes, input_shape = 2, (1, 8, 8)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x.flatten(1)[:, :3]
+
+    oracle = TargetOracle(ThreeScores(), access="probabilities")
+    with pytest.raises(
+        ValueError, match=r"neither \(16,\) labels nor \(16, 2\) scores.*check_target"
+    ):
+        brep_mi_attack(oracle, torch.tensor([1]), generator=tiny_generator(), init_batch=16)

@@ -290,7 +290,8 @@ def test_bad_arguments_raise():
         def forward(self, x: Tensor) -> Tensor:
             return x.flatten(1)[:, :1]  # (N, 1) instead of (N,)
 
-    with pytest.raises(ValueError, match=r"one score per image.*\(1, 1\)"):
+    # caught at entry by mibench_lib.byo.check_critic, before any query, with the fix
+    with pytest.raises(ValueError, match=r"one score per image.*\(2, 1\).*as_critic"):
         gmi_attack(
             oracle,
             torch.tensor([0]),
@@ -299,6 +300,7 @@ def test_bad_arguments_raise():
             steps=1,
             restarts=1,
         )
+    assert oracle.queries == 0
 
 
 def test_chunked_batches_give_the_same_search():
@@ -321,3 +323,94 @@ def test_chunked_batches_give_the_same_search():
     assert torch.equal(chunked.extras["selected"], whole.extras["selected"])
     with pytest.raises(ValueError, match="batch_size"):
         gmi_attack(TargetOracle(*oracle_args), labels, batch_size=0, **kwargs)
+
+
+# -- start latents ---------------------------------------------------------------------------------
+def _gmi_kwargs(**overrides):
+    kw = dict(generator=tiny_generator(), discriminator=tiny_discriminator(), restarts=2)
+    return {**kw, **overrides}
+
+
+def test_start_latents_are_where_the_first_step_starts():
+    """steps=0 returns the given points; one step is the first Nesterov step from them."""
+    labels = torch.tensor([0, 3, 1])
+    start = torch.randn(2, 3, 8, generator=_rng(5))
+    kept = start.clone()
+    res = gmi_attack(
+        TargetOracle(tiny_classifier()),
+        labels,
+        steps=0,
+        select="all",
+        start_latents=start,
+        **_gmi_kwargs(),
+    )
+    assert torch.equal(res.latents, start.reshape(6, 8))  # restart-major: [r, i] -> r * N + i
+    assert torch.equal(res.extras["restart"], torch.tensor([0, 0, 0, 1, 1, 1]))
+    with torch.no_grad():
+        torch.testing.assert_close(res.images, tiny_generator()(start.reshape(6, 8)))
+
+    lr, momentum, divisor, lam = 0.05, 0.9, 4, 100.0
+    res = gmi_attack(
+        TargetOracle(tiny_classifier()),
+        labels,
+        steps=1,
+        select="all",
+        start_latents=start,
+        lr=lr,
+        momentum=momentum,
+        loss_divisor=divisor,
+        lambda_iden=lam,
+        clip=10.0,
+        **_gmi_kwargs(),
+    )
+    # by hand: SGD's first Nesterov step is z - lr * (1 + momentum) * grad
+    z = start.reshape(6, 8).clone().requires_grad_(True)
+    images = tiny_generator()(z)
+    y = labels.repeat(2)
+    loss = -tiny_discriminator()(images) + lam * F.cross_entropy(
+        tiny_classifier()(images), y, reduction="none"
+    )
+    (grad,) = torch.autograd.grad(loss.sum() / divisor, z)
+    expected = (z - lr * (1 + momentum) * grad).detach()
+    torch.testing.assert_close(res.latents, expected, atol=1e-6, rtol=1e-5)
+    assert torch.equal(start, kept)  # the caller's tensor is copied, never updated
+
+
+def test_given_draws_reproduce_the_default_search():
+    """start_latents = the draws the default takes from rng: the very same search."""
+    labels = torch.tensor([2, 0])
+    kw = _gmi_kwargs(steps=4, restarts=3, select="all")
+    default = gmi_attack(TargetOracle(tiny_classifier()), labels, rng=_rng(7), **kw)
+    start = torch.randn(3, 2, 8, generator=_rng(7))
+    given = gmi_attack(
+        TargetOracle(tiny_classifier()), labels, start_latents=start, rng=_rng(99), **kw
+    )
+    assert torch.equal(given.images, default.images)
+    assert torch.equal(given.latents, default.latents)
+    assert given.losses == default.losses and given.queries == default.queries == 5 * 6
+
+
+def test_start_latents_of_one_restart_may_drop_the_restart_axis():
+    labels = torch.tensor([1, 2])
+    start = torch.randn(2, 8, generator=_rng(1))
+    kw = _gmi_kwargs(steps=2, restarts=1)
+    flat = gmi_attack(TargetOracle(tiny_classifier()), labels, start_latents=start, **kw)
+    nested = gmi_attack(TargetOracle(tiny_classifier()), labels, start_latents=start[None], **kw)
+    assert torch.equal(flat.latents, nested.latents)
+
+
+@pytest.mark.parametrize(
+    ("start", "match"),
+    [
+        (torch.zeros(3, 2, 8), r"\(restarts, N, latent_dim\) = \(2, 2, 8\).*got \(3, 2, 8\)"),
+        (torch.zeros(2, 2, 7), r"got \(2, 2, 7\)"),
+        (torch.zeros(2, 8), r"\(N, latent_dim\) = \(2, 8\) need restarts=1, got restarts=2"),
+        (torch.zeros(2, 2, 8, dtype=torch.float64), "dtype torch.float32.*got torch.float64"),
+        (torch.full((2, 2, 8), float("nan")), "finite"),
+    ],
+)
+def test_bad_start_latents_raise_before_any_query(start, match):
+    oracle = TargetOracle(tiny_classifier())
+    with pytest.raises(ValueError, match=match):
+        gmi_attack(oracle, torch.tensor([0, 1]), start_latents=start, **_gmi_kwargs(steps=1))
+    assert oracle.queries == 0
