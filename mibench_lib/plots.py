@@ -60,6 +60,7 @@ def plot_trend(
     title: str | None = None,
     floors: Mapping[str, float] | None = None,
     dodge: float = 0.01,
+    band: bool = False,
 ) -> Axes:
     """Mean of ``y`` against ``x`` per ``hue``, each point with its 95 % interval as an error bar.
 
@@ -71,6 +72,7 @@ def plot_trend(
         floors: Label -> value of trivial reference points (e.g. a blank image's Acc@1), drawn as
             dotted horizontal lines.
         dodge: Sideways shift between curves, as a fraction of the x range (numeric x only).
+        band: Draw each 95 % interval as a shaded band between the points instead of error bars.
     """
     ax = ax or plt.subplots(figsize=(5.5, 4))[1]
     tidy = tidy_summary(df, [hue, x], [y])
@@ -84,15 +86,21 @@ def plot_trend(
         grp = grp.sort_values(x)
         err = _half_widths(grp)
         shift = (i - (n_curves - 1) / 2) * step
+        xs_i = grp[x] + shift if step and not band else grp[x]
+        color = palette[i % len(palette)]
         ax.errorbar(
-            grp[x] + shift if step else grp[x],
+            xs_i,
             grp["mean"],
-            yerr=np.nan_to_num(err),
+            yerr=None if band else np.nan_to_num(err),
             label=str(name),
-            color=palette[i % len(palette)],
+            color=color,
             marker=markers[i % len(markers)],
             capsize=3,
         )
+        if band:
+            below, above = np.nan_to_num(err)  # (2, n): distances to the lower and upper bound
+            mean = grp["mean"].to_numpy()
+            ax.fill_between(xs_i, mean - below, mean + above, color=color, alpha=0.18)
     _draw_floors(ax, floors)
     _accuracy_axis(ax, y)
     ax.set_xlabel(xlabel or x)

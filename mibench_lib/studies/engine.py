@@ -167,15 +167,21 @@ class Study:
         self._tags: dict[tuple[Any, ...], str] = {}
 
     # -- targets and other jobs ---------------------------------------------------------------
-    def targets(self, refs: Mapping[Any, TargetRef], *, variant: str = "") -> dict[Any, Any]:
+    def targets(
+        self, refs: Mapping[Any, TargetRef], *, variant: str | Mapping[Any, str] = ""
+    ) -> dict[Any, Any]:
         """Build every target of ``refs`` in the pool (in parallel), then load them here.
+
+        Args:
+            refs: Any keys mapped to target recipes.
+            variant: The setting they belong to, or a mapping from each key to its setting.
 
         Returns:
             The same keys mapped to :func:`~mibench_lib.studies.jobs.load_target`'s result.
         """
-        self.pool.wait([self.pool.submit_in(variant, build_target, r) for r in refs.values()])
-        setting = self.settings[variant]
-        return {key: load_target(setting, ref) for key, ref in refs.items()}
+        where = {k: variant if isinstance(variant, str) else variant[k] for k in refs}
+        self.pool.wait([self.pool.submit_in(where[k], build_target, r) for k, r in refs.items()])
+        return {k: load_target(self.settings[where[k]], r) for k, r in refs.items()}
 
     def map(
         self,

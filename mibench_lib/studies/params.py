@@ -843,6 +843,47 @@ def _check_classes(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
                 yield f"{field}[{i}]", f"expects a class id (int >= 0), got {_describe(c)}"
 
 
+def _check_resolutions(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
+    yield from _check_list(field, value, what="resolutions")
+    if isinstance(value, list):
+        for i, r in enumerate(value):
+            if not _is_int(r) or r < 8:
+                yield (
+                    f"{field}[{i}]",
+                    f"expects an image side in pixels (int >= 8), got {_describe(r)}",
+                )
+        if len(set(map(str, value))) != len(value):
+            yield field, f"lists a resolution twice: {value}"
+
+
+def _check_per_resolution(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
+    """``{resolution: {parameter: value}}``: each override checked like the parameter itself."""
+    if not isinstance(value, dict):
+        yield (
+            field,
+            f"expects a mapping of resolution to parameter overrides, got {_describe(value)}",
+        )
+        return
+    resolutions = values.get("resolutions", [])
+    fixed = {"resolutions", "per_resolution", "seeds", "attacks", "baselines", *INJECTED}
+    for res, overrides in value.items():
+        at = f"{field}.{res}"
+        if res not in resolutions:
+            yield at, f"{res!r} is not one of resolutions {resolutions}"
+            continue
+        if not isinstance(overrides, dict):
+            yield at, f"expects a mapping of parameter overrides, got {_describe(overrides)}"
+            continue
+        for name, override in overrides.items():
+            if name not in values or name in fixed:
+                yield f"{at}.{name}", "is not a parameter a resolution can override"
+                continue
+            check = _field_check(name)
+            if check is not None:  # checked as the parameter itself, reported under this path
+                for path, problem in check(name, override, values):
+                    yield f"{at}.{path}", problem
+
+
 def _check_thresholds(field: str, value: Any, values: Mapping[str, Any]) -> Issues:
     yield from _check_list(field, value, what="thresholds")
     if isinstance(value, list):
@@ -1046,6 +1087,8 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Issues]] = {
     "seeds": _check_seeds,
     "classes": _check_classes,
     "thresholds": _check_thresholds,
+    "resolutions": _check_resolutions,
+    "per_resolution": _check_per_resolution,
     "attacks": _check_attacks,
     "baselines": _check_baselines,
     "attack_kwargs": _check_attack_kwargs,
