@@ -19,7 +19,7 @@ Adding an attack is one file (its function and its ``SPEC``), one line in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
@@ -68,12 +68,15 @@ class AttackSpec:
         access: The weakest access level of ``mibench_lib.oracle.ACCESS_LEVELS`` it works with.
         needs: Names of :data:`PUBLIC_NEEDS` and :class:`TargetPrior` instances it takes as
             keyword arguments.
+        quick: Keyword arguments of a few-step run (seconds on a CPU), for the shared tests that
+            run every registered attack on tiny networks.
     """
 
     name: str
     run: Callable[..., InversionResult]
     access: str
     needs: tuple[str | TargetPrior, ...] = ()
+    quick: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS_LEVELS:

@@ -533,4 +533,10 @@ def brep_mi_attack(
 
 
 #: What the study engine needs to know: access level and public artifacts.
-SPEC = AttackSpec("brep_mi", brep_mi_attack, access="label", needs=("generator",))
+SPEC = AttackSpec(
+    "brep_mi",
+    brep_mi_attack,
+    access="label",
+    needs=("generator",),
+    quick={"max_iters": 3, "init_batch": 32, "sphere_points": 8},
+)

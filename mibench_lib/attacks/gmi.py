@@ -349,4 +349,10 @@ def _search(
 
 
 #: What the study engine needs to know: access level and public artifacts.
-SPEC = AttackSpec("gmi", gmi_attack, access="white-box", needs=("generator", "discriminator"))
+SPEC = AttackSpec(
+    "gmi",
+    gmi_attack,
+    access="white-box",
+    needs=("generator", "discriminator"),
+    quick={"steps": 3, "restarts": 2},
+)

@@ -238,4 +238,4 @@ def _descend(
 
 
 #: What the study engine needs to know: access level and public artifacts.
-SPEC = AttackSpec("miface", miface_attack, access="white-box")
+SPEC = AttackSpec("miface", miface_attack, access="white-box", quick={"max_iter": 5, "window": 3})

@@ -4,7 +4,7 @@ The target is a plain linear model *defined on pixels in [-1, 1]* (class 1 when 
 above 0), behind ``as_target(..., pixel_range=(-1, 1))``; the generator is a tanh MLP behind
 ``as_generator(..., pixel_range=(-1, 1))``; the critic returns (N, 1) scores on [-1, 1] images
 behind ``as_critic``. Every attack in ``SPECS`` runs on them (a new attack only needs a line in
-``TINY``), and every attack rejects a broken network before its first query.
+``AttackSpec.quick``), and every attack rejects a broken network before its first query.
 """
 
 from __future__ import annotations
@@ -20,13 +20,6 @@ from mibench_lib.oracle import TargetOracle
 IMAGE = (3, 16, 16)
 PIXELS = 3 * 16 * 16
 LATENT = 6
-
-#: Tiny settings per attack (a few steps, a small start-point search). A new attack adds its line.
-TINY: dict[str, dict[str, object]] = {
-    "gmi": {"steps": 3, "restarts": 2},
-    "brep_mi": {"max_iters": 3, "init_batch": 32, "sphere_points": 8},
-    "miface": {"max_iter": 5, "window": 3},
-}
 
 
 def _rng(seed: int = 0) -> torch.Generator:
@@ -72,13 +65,13 @@ def target() -> nn.Module:
 def _run(name: str, oracle: TargetOracle, public: dict[str, nn.Module], **networks: nn.Module):
     spec = SPECS[name]
     needs = {k: networks.get(k, public[k]) for k in spec.public_needs}
-    return spec.run(oracle, torch.tensor([0, 1]), rng=_rng(0), **needs, **TINY[name])
+    return spec.run(oracle, torch.tensor([0, 1]), rng=_rng(0), **needs, **spec.quick)
 
 
 def test_every_public_need_and_attack_has_a_byo_setting(public):
     assert set(PUBLIC_NEEDS) <= set(public), "build the new public artifact from a plain module"
-    missing = sorted(set(SPECS) - set(TINY))
-    assert not missing, f"add tiny settings for {missing} to TINY in {__file__}"
+    slow = sorted(name for name, spec in SPECS.items() if not spec.quick)
+    assert not slow, f"declare a few-step run (AttackSpec.quick) for {slow}"
 
 
 def test_the_adapter_feeds_the_target_the_pixels_it_was_defined_on():
