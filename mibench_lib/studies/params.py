@@ -852,8 +852,6 @@ def _check_resolutions(field: str, value: Any, values: Mapping[str, Any]) -> Iss
                     f"{field}[{i}]",
                     f"expects an image side in pixels (int >= 8), got {_describe(r)}",
                 )
-        if len(set(map(str, value))) != len(value):
-            yield field, f"lists a resolution twice: {value}"
 
 
 def _check_per_resolution(field: str, value: Any, values: Mapping[str, Any]) -> Issues:

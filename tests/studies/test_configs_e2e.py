@@ -144,6 +144,20 @@ def _local_weights(key: str, params: dict[str, Any], weights: Path) -> str:
     raise AssertionError(f"no local-weights fixture for {key!r}: add one to {__file__}")
 
 
+def _cut_training(raw: dict[str, Any]) -> dict[str, Any]:
+    """One epoch for every ``*_train`` recipe of ``raw``; the GAN gets one generator step."""
+    over: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.endswith("_train") and isinstance(value, dict):
+            over[key] = {**value, "epochs": EPOCHS}
+            if "eval_every" in value:  # threshold checks after every step of the short epoch
+                over[key]["eval_every"] = 1
+    if "gan_train" in raw:  # enough critic batches for one generator step (one every n_critic)
+        batches = math.ceil(PUBLIC / raw["gan_train"]["batch_size"])
+        over["gan_train"]["epochs"] = math.ceil(raw["gan_train"]["n_critic"] / batches)
+    return over
+
+
 def reduced_overrides(raw: dict[str, Any], ws: dict[str, Path]) -> dict[str, Any]:
     """The ``-p`` overrides that make configuration ``raw`` run in seconds on the fixture."""
     over: dict[str, Any] = {
@@ -160,14 +174,11 @@ def reduced_overrides(raw: dict[str, Any], ws: dict[str, Path]) -> dict[str, Any
             "root": str(ws["celeba"]),
             "num_private": NUM_PRIVATE,
         }
-    for key, value in raw.items():
-        if key.endswith("_train") and isinstance(value, dict):
-            over[key] = {**value, "epochs": EPOCHS}
-            if "eval_every" in value:  # threshold checks after every step of the short epoch
-                over[key]["eval_every"] = 1
-    if "gan_train" in raw:  # enough critic batches for one generator step (one every n_critic)
-        batches = math.ceil(PUBLIC / raw["gan_train"]["batch_size"])
-        over["gan_train"]["epochs"] = math.ceil(raw["gan_train"]["n_critic"] / batches)
+    over.update(_cut_training(raw))
+    if "per_resolution" in raw:  # each resolution's own recipes, cut the same way
+        over["per_resolution"] = {
+            res: {**part, **_cut_training(part)} for res, part in raw["per_resolution"].items()
+        }
     over["attack_kwargs"] = {}
     for name in raw["attacks"]:
         kwargs = {**raw.get("attack_kwargs", {}).get(name, {}), **ATTACK_BUDGETS.get(name, {})}
@@ -227,7 +238,10 @@ def test_config_runs_end_to_end_on_fixture_data(
     for key in ("target_arch", "evaluator_arch", "face_arch", "attacks", "gan"):
         if key in raw:
             assert params[key] == raw[key], key
-    assert params["dataset_kwargs"]["resolution"] == raw["dataset_kwargs"]["resolution"]
+    if "resolutions" in raw:  # the resolution study sets it per setting
+        assert params["resolutions"] == raw["resolutions"]
+    else:
+        assert params["dataset_kwargs"]["resolution"] == raw["dataset_kwargs"]["resolution"]
 
     # One thread in the kernel (it inherits these): on a shared 2-core machine two OpenMP threads
     # spin against each other and against the other pytest worker (a 512 x 512 eigvals in FID

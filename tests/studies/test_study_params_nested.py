@@ -312,3 +312,39 @@ def test_defaults_of_a_multiline_dict_are_read_whole(tree, tmp_path):
     assert load_parameters(path, notebook) == {"seeds": [1]}
     with pytest.raises(ParameterError, match=r"^-p: field 'dataset_kwargs' expects dict"):
         load_parameters(path, notebook, overrides={"dataset_kwargs": [16]})
+
+
+# ------------------------------------------------------------------- resolution study, priors
+
+
+def test_per_resolution_overrides_are_checked_like_the_parameters_they_override():
+    values = {
+        "resolutions": [16, 64],
+        "gan": {"latent_dim": 8, "width": 8, "critic_width": 8},
+        "gan_train": {"epochs": 100},
+        "seeds": [0],
+    }
+    assert _problems({**values, "per_resolution": {64: {"gan_train": {"epochs": 3}}}}) == []
+    (line,) = _problems({**values, "per_resolution": {64: {"gan_train": {"epochz": 3}}}})
+    assert line.startswith("x.yaml: field 'per_resolution.64.gan_train': unknown key 'epochz'")
+    (line,) = _problems({**values, "per_resolution": {32: {"gan_train": {"epochs": 3}}}})
+    assert line == "x.yaml: field 'per_resolution.32': 32 is not one of resolutions [16, 64]"
+    (line,) = _problems({**values, "per_resolution": {16: {"seeds": [1]}}})
+    assert "'per_resolution.16.seeds': is not a parameter a resolution can override" in line
+    (line,) = _problems({**values, "per_resolution": {16: {"dataset_kwargz": {}}}})
+    assert "'per_resolution.16.dataset_kwargz'" in line
+
+
+def test_resolutions_are_distinct_image_sides():
+    assert _problems({"resolutions": [16, 32, 64]}) == []
+    (line,) = _problems({"resolutions": [16, 4]})
+    assert "'resolutions[1]' expects an image side in pixels (int >= 8)" in line
+    (line,) = _problems({"resolutions": [16, 16]})
+    assert "'resolutions[1]': repeats 16" in line
+
+
+def test_prior_kwargs_name_registered_target_priors():
+    (line,) = _problems({"prior_kwargs": {"kedmi_gann": {"epochs": 1}}})
+    assert "field 'prior_kwargs': unknown target prior 'kedmi_gann'" in line
+    (line,) = _problems({"prior_kwargs": [1]})
+    assert "expects a mapping of target prior to keyword arguments" in line
