@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -35,3 +37,31 @@ def check_labels(y: Tensor, num_classes: int, *, name: str = "labels") -> None:
     bad = y[(y < 0) | (y >= num_classes)]
     if bad.numel():
         raise ValueError(f"{name} must lie in [0, {num_classes}), got {bad.unique().tolist()}")
+
+
+def check_start_latents(
+    start_latents: object, shapes: Sequence[tuple[int, ...]], expected: str
+) -> Tensor:
+    """A user-given start-latent tensor: a float tensor of the default dtype, finite, of one of
+    ``shapes`` (``expected`` describes them in the message); returned detached (not copied).
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: wrong shape, dtype, or a nan/inf value.
+    """
+    if not isinstance(start_latents, Tensor):
+        raise TypeError(
+            f"start_latents must be a torch.Tensor or None, got {type(start_latents).__name__}"
+        )
+    if tuple(start_latents.shape) not in [tuple(s) for s in shapes]:
+        raise ValueError(
+            f"start_latents must have shape {expected}, got {tuple(start_latents.shape)}"
+        )
+    if start_latents.dtype != torch.get_default_dtype():
+        raise ValueError(
+            f"start_latents must have dtype {torch.get_default_dtype()} (that of the random "
+            f"draws), got {start_latents.dtype}"
+        )
+    if not torch.isfinite(start_latents).all():
+        raise ValueError("start_latents must be finite, got nan or inf")
+    return start_latents.detach()

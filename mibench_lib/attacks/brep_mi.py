@@ -54,7 +54,7 @@ import time
 import torch
 from torch import Tensor
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_labels, check_start_latents
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
@@ -172,22 +172,11 @@ def _initial_points(
 
 def _given_points(start_latents: object, n: int, dim: int, point_clamp: float) -> Tensor:
     """User-given start points, checked (shape, dtype, inside the latent box) and copied to CPU."""
-    if not isinstance(start_latents, Tensor):
-        raise TypeError(
-            f"start_latents must be a torch.Tensor or None, got {type(start_latents).__name__}"
-        )
-    if tuple(start_latents.shape) != (n, dim):
-        raise ValueError(
-            f"start_latents must have shape (N, latent_dim) = ({n}, {dim}), one start point per "
-            f"label entry, got {tuple(start_latents.shape)}"
-        )
-    if start_latents.dtype != torch.get_default_dtype():
-        raise ValueError(
-            f"start_latents must have dtype {torch.get_default_dtype()} (that of the random "
-            f"draws), got {start_latents.dtype}"
-        )
-    if not torch.isfinite(start_latents).all():
-        raise ValueError("start_latents must be finite, got nan or inf")
+    start_latents = check_start_latents(
+        start_latents,
+        [(n, dim)],
+        f"(N, latent_dim) = ({n}, {dim}), one start point per label entry",
+    )
     lo, hi = float(start_latents.min()), float(start_latents.max())
     if lo < -point_clamp or hi > point_clamp:
         raise ValueError(

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_labels, check_start_latents
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
@@ -260,28 +260,18 @@ def gmi_attack(
 
 def _given_starts(start_latents: Tensor, restarts: int, n: int, dim: int) -> Tensor:
     """``start_latents`` checked and copied to the restart-major (restarts * n, dim) layout."""
-    if not isinstance(start_latents, Tensor):
-        raise TypeError(
-            f"start_latents must be a torch.Tensor or None, got {type(start_latents).__name__}"
-        )
-    shape = tuple(start_latents.shape)
+    shape = tuple(getattr(start_latents, "shape", ()))
     if shape == (n, dim) and restarts != 1:
         raise ValueError(
             f"start_latents of shape (N, latent_dim) = {shape} need restarts=1, got "
             f"restarts={restarts}; pass shape (restarts, N, latent_dim) = ({restarts}, {n}, {dim})"
         )
-    if shape not in ((restarts, n, dim), (n, dim)):
-        raise ValueError(
-            f"start_latents must have shape (restarts, N, latent_dim) = ({restarts}, {n}, {dim})"
-            f" (or (N, latent_dim) = ({n}, {dim}) with restarts=1), got {shape}"
-        )
-    if start_latents.dtype != torch.get_default_dtype():
-        raise ValueError(
-            f"start_latents must have dtype {torch.get_default_dtype()} (that of the random "
-            f"draws), got {start_latents.dtype}"
-        )
-    if not torch.isfinite(start_latents).all():
-        raise ValueError("start_latents must be finite, got nan or inf")
+    start_latents = check_start_latents(
+        start_latents,
+        [(restarts, n, dim), (n, dim)],
+        f"(restarts, N, latent_dim) = ({restarts}, {n}, {dim}) (or (N, latent_dim) = ({n}, {dim})"
+        " with restarts=1)",
+    )
     # a copy: the search updates its latents in place
     return start_latents.detach().reshape(restarts * n, dim).clone()
 
