@@ -14,7 +14,7 @@ registry: adding an attack is one file, one line here and one test file.
 
 from __future__ import annotations
 
-from mibench_lib.attacks import brep_mi, gmi, miface
+from mibench_lib.attacks import brep_mi, deepinversion, gmi, miface
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import PUBLIC_NEEDS, AttackSpec, TargetPrior
 from mibench_lib.attacks.brep_mi import brep_mi_attack
@@ -43,6 +43,7 @@ SPECS: dict[str, AttackSpec] = {
         gmi.SPEC,
         brep_mi.SPEC,
         miface.SPEC,
+        deepinversion.SPEC,
     )
 }
 
