@@ -103,44 +103,35 @@ from mibench_lib.oracle import AccessDenied, TargetOracle
 
 __all__ = ["OFFICIAL_SETTINGS", "deepinversion_attack"]
 
+#: deepinversion.py, setting_id=1, with the README's coefficients (r_feature 0.01, lr 0.25)
+_IMAGENET_SETTING1: dict[str, Any] = {
+    "iterations": 2000,
+    "lr": 0.25,
+    "betas": (0.5, 0.9),
+    "schedule": "cosine",
+    "warmup": 100,
+    "clip": True,
+    "jitter": 30,
+    "flip": True,
+    "r_feature": 0.01,
+    "first_bn_multiplier": 10.0,
+    "tv_l2": 1e-4,
+    "tv_l1": 0.0,
+    "l2": 1e-5,
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+}
+
 #: Keyword arguments reproducing the official runs that fit the target contract (see the module
 #: docstring for ``setting_id=0``, which does not). ``"imagenet_setting1"`` equals the defaults.
 OFFICIAL_SETTINGS: dict[str, dict[str, Any]] = {
-    # deepinversion.py, setting_id=1, with the README's coefficients (r_feature 0.01, lr 0.25)
-    "imagenet_setting1": {
-        "iterations": 2000,
-        "lr": 0.25,
-        "betas": (0.5, 0.9),
-        "schedule": "cosine",
-        "warmup": 100,
-        "clip": True,
-        "jitter": 30,
-        "flip": True,
-        "r_feature": 0.01,
-        "first_bn_multiplier": 10.0,
-        "tv_l2": 1e-4,
-        "tv_l1": 0.0,
-        "l2": 1e-5,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-    },
+    "imagenet_setting1": _IMAGENET_SETTING1,
     # deepinversion.py, setting_id=2: "the closest to the paper experiments for ResNet50"
     "imagenet_setting2": {
+        **_IMAGENET_SETTING1,
         "iterations": 20000,
-        "lr": 0.25,
         "betas": (0.9, 0.999),
-        "schedule": "cosine",
-        "warmup": 100,
         "clip": False,
-        "jitter": 30,
-        "flip": True,
-        "r_feature": 0.01,
-        "first_bn_multiplier": 10.0,
-        "tv_l2": 1e-4,
-        "tv_l1": 0.0,
-        "l2": 1e-5,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
     },
     # cifar10/README.md "parameters from the paper": Adam(lr 0.05) with torch's default betas and
     # no schedule or clipping, 2 px jitter, no flip, r_feature 10 without a first-BN multiplier,
