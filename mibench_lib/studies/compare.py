@@ -66,8 +66,10 @@ MARKER = "_complete.json"  # the runner's completion marker (runner.MARKER; not 
 #: Columns :func:`gather_results` puts in front of each folder's rows, in this order.
 SOURCE_COLUMNS: tuple[str, ...] = ("source", "study", "config", "commit", "device", "complete")
 #: The studies' grid columns: with ``attack`` and ``seed`` they key a row of ``results.csv``
-#: (predictive_power: threshold; defenses: defense_label; adversarial_robustness: norm, eps).
-GRID_COLUMNS: tuple[str, ...] = ("threshold", "defense_label", "norm", "eps")
+#: (predictive_power: threshold; defenses: defense_label; adversarial_robustness: norm, eps;
+#: resolution: resolution). A folder written by the study engine names its own in
+#: ``results_key.json``; these are the fallback for older folders.
+GRID_COLUMNS: tuple[str, ...] = ("threshold", "defense_label", "norm", "eps", "resolution")
 #: Metrics :func:`compare_table` reports when none are named (those the results have).
 DEFAULT_METRICS: tuple[str, ...] = ("acc1", "acc5", "delta_eval", "delta_face", "fid_eval")
 _WHAT = f"{RESULTS}, {PARAMETERS}, {ENVIRONMENT} and {MARKER}"
@@ -294,7 +296,23 @@ def gather_results(folders: Sequence[str | Path]) -> pd.DataFrame:
         tagged.append(pd.concat([head, rest.reset_index(drop=True)], axis=1))
     out = pd.concat(tagged, ignore_index=True, sort=False)
     out["complete"] = out["complete"].astype(bool)
+    grid = [c for path in paths for c in _key_columns(path)]
+    out.attrs["grid_columns"] = list(dict.fromkeys([*grid, *GRID_COLUMNS]))
     return out
+
+
+def _key_columns(path: Path) -> list[str]:
+    """The grid columns a study engine run recorded in ``results_key.json`` (none if absent)."""
+    import json
+
+    file = path / "results_key.json"
+    if not file.is_file():
+        return []
+    try:
+        key = json.loads(file.read_text(encoding="utf-8"))["key"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CompareError(f"{display_path(file)} is not a results key file: {err}") from err
+    return [str(c) for c in key if c not in ("attack", "seed")]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -312,7 +330,8 @@ def _check_gathered(df: pd.DataFrame) -> None:
 def _condition_columns(df: pd.DataFrame, by: Sequence[str] | None) -> list[str]:
     """``by``, checked; None: ``attack`` and the grid columns any source has."""
     if by is None:
-        return ["attack", *[c for c in GRID_COLUMNS if c in df.columns and df[c].notna().any()]]
+        grid = df.attrs.get("grid_columns", GRID_COLUMNS)
+        return ["attack", *[c for c in grid if c in df.columns and df[c].notna().any()]]
     by = list(dict.fromkeys(by))
     missing = [c for c in by if c not in df.columns]
     if missing:
@@ -358,7 +377,10 @@ def _check_seeds_unique(df: pd.DataFrame, by: list[str]) -> None:
         c
         for c in repeated.columns
         if c not in (*key, *SOURCE_COLUMNS)
-        and (c in GRID_COLUMNS or not pd.api.types.is_numeric_dtype(repeated[c]))
+        and (
+            c in df.attrs.get("grid_columns", GRID_COLUMNS)
+            or not pd.api.types.is_numeric_dtype(repeated[c])
+        )
     ]
     grouped = repeated.groupby(key, dropna=False)
     varying = [c for c in candidates if grouped[c].nunique(dropna=False).gt(1).any()]

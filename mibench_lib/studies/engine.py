@@ -23,6 +23,7 @@ appended as jobs finish, and reconstructions saved under a tag derived from the 
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -223,6 +224,8 @@ class Study:
                 raise ValueError(f"two arms share the key {dict(arm.key)} and seed {arm.seed}")
             seen.add(arm.row_key(""))
         done = completed_keys(self.out, key_cols)
+        self.out.mkdir(parents=True, exist_ok=True)  # what identifies a row, for `mibench compare`
+        (self.out / "results_key.json").write_text(json.dumps({"key": key_cols}) + "\n")
         futures: dict[Any, dict[str, Any]] = {}
         first: dict[Any, Arm] = {}
         same: list[tuple[Arm, str, Arm]] = []

@@ -386,3 +386,17 @@ def test_cli_bad_input_is_one_line_and_status_2(two_runs, tmp_path, capsys, extr
 def test_cli_without_folders_is_a_usage_error(capsys):
     assert cli.main(["compare"]) == 2
     assert "FOLDER" in capsys.readouterr().err
+
+
+def test_grid_columns_recorded_by_the_engine_key_the_conditions(tmp_path):
+    """A study the fallback list does not know keys its rows by the columns it recorded."""
+    out = make_run(tmp_path / "outputs", "new_study")
+    rows = pd.read_csv(out / "results.csv")
+    rows = pd.concat([rows.assign(width=4), rows.assign(width=8, acc1=rows["acc1"] / 2)])
+    rows.to_csv(out / "results.csv", index=False)
+    (out / "results_key.json").write_text(json.dumps({"key": ["width", "attack", "seed"]}))
+    table = compare_table(gather_results([out]), metrics=["acc1"])
+    assert "width" in table.columns and len(table) == 2 * len(ATTACKS)
+    (out / "results_key.json").write_text("[1, 2")
+    with pytest.raises(CompareError, match="not a results key file"):
+        gather_results([out])
