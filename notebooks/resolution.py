@@ -71,13 +71,18 @@ gan_train = {"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
 
 # Attacks
 seeds = [0, 1, 2]  # one target training run and one attack run per seed
-attacks = ["gmi", "brep_mi", "miface"]  # keys of mibench_lib.attacks.ATTACKS
+attacks = ["gmi", "brep_mi", "miface", "deepinversion"]  # keys of mibench_lib.attacks.ATTACKS
 baselines = ["random_latent", "blank_image", "mean_public"]  # scored like attacks, no queries
 attack_kwargs = {
     "gmi": {"steps": 1500, "lr": 0.01, "loss_divisor": 5, "restarts": 5, "select": "all"},
     "brep_mi": {"max_stale_iters": 1000, "max_radius": 30.0, "missing_start": "random"},
     "miface": {"lr": 0.1, "max_iter": 5000, "window": 100, "threshold": 0.99},
-}
+    "deepinversion": {
+        "iterations": 2000, "lr": 0.05, "betas": [0.9, 0.999], "schedule": "constant",
+        "warmup": 0, "clip": False, "jitter": 2, "flip": False, "r_feature": 10.0,
+        "first_bn_multiplier": 1.0, "tv_l2": 2.5e-5, "l2": 0.0, "mean": 0.5, "std": 0.5,
+    },
+}  # fmt: skip
 prior_kwargs = {}  # target prior -> keyword arguments of its build (attacks' TargetPrior)
 query_budgets = {}  # attack -> maximum number of target queries (absent: unlimited)
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
@@ -86,11 +91,12 @@ progress = True  # progress bars
 # This study
 target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
 resolutions = [16, 32, 64]  # target resolutions (px); each gets its own data, models and GAN
-per_resolution = {64: {"gan": {"latent_dim": 100, "width": 4, "critic_width": 4}}}  # overrides
+per_resolution = {}  # resolution -> parameter overrides, e.g. {64: {"gan_train": {...}}}
 
 # %%
+# Largest first: its GAN trains longest, so it starts first.
 variants = {str(r): {"dataset_kwargs": {"resolution": r}, **per_resolution.get(r, {})}
-            for r in resolutions}  # fmt: skip
+            for r in sorted(resolutions, reverse=True)}  # fmt: skip
 bench = open_study(globals(), variants=variants)
 splits = [{"resolution": r, **bench.settings[str(r)].split.summary()} for r in resolutions]
 show(pd.DataFrame(splits).to_markdown(index=False))
