@@ -89,6 +89,7 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
         "query_batch": 8,
     },
     "miface": {"max_iter": 2, "window": 1},
+    "deepinversion": {"iterations": 2},
 }
 # Chunk sizes the file sets for GPU memory (GMI/MIFace batch_size: 500 of 5000 entries) are cut
 # below the fixture's entry count, so the chunked path runs here too.
