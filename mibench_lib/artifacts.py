@@ -21,7 +21,7 @@ from torch import nn
 from mibench_lib.cache import ArtifactCache, prefixed, tensor_fingerprint, unprefixed
 from mibench_lib.data._types import ImageSet, MISplit
 from mibench_lib.generators import GENERATORS
-from mibench_lib.models.base import Classifier
+from mibench_lib.models.base import Classifier, ResizedInput
 from mibench_lib.models.train import train_classifier
 
 #: Bump when the meaning of a training recipe changes, so old cache entries are not reused.
@@ -341,6 +341,21 @@ class FeatureExtractor:
     source: str
 
 
+def _native_shape(arch: str, split: MISplit) -> tuple[int, int, int]:
+    """The input shape ``arch`` is defined at (its constructor's default), with the data's channels.
+
+    Local weights of a network fix its input size; data of another resolution is resized to it.
+    """
+    import inspect
+
+    from mibench_lib.models import MODELS
+
+    default = inspect.signature(MODELS[arch]).parameters.get("input_shape")
+    if default is None or default.default is inspect.Parameter.empty:
+        return split.image_shape
+    return (split.image_shape[0], *tuple(default.default)[1:])
+
+
 def load_face_extractor(
     cache: ArtifactCache,
     split: MISplit,
@@ -363,8 +378,10 @@ def load_face_extractor(
     if weights:
         from mibench_lib.models.weights import load_backbone_weights
 
-        model = build_classifier(arch, split.evaluator_num_classes, split.image_shape)
+        model = build_classifier(arch, split.evaluator_num_classes, _native_shape(arch, split))
         load_backbone_weights(model, weights)
+        if model.input_shape != split.image_shape:  # weights fix the size: resize the images
+            model = ResizedInput(model, split.image_shape)
         return FeatureExtractor(
             f"{arch} (local weights)", model.to(device).eval(), float("nan"), str(weights)
         )

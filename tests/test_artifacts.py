@@ -331,3 +331,30 @@ def test_a_training_defense_unwrap_hook_runs_before_saving(monkeypatch, tmp_path
     again = cached_defended_target(cache, split, defense_name="fake_training", **kw)
     assert not first.cache_hit and again.cache_hit
     assert calls == [type(first.model).__name__]  # once, on the trained model, not on a reload
+
+
+def test_local_face_weights_fix_the_input_size_and_other_resolutions_are_resized(tmp_path):
+    """Weights of a network trained at its own size score images of any resolution, resized."""
+    from mibench_lib.artifacts import load_face_extractor
+    from mibench_lib.models.base import ResizedInput
+    from mibench_lib.testing import make_classifier_weights
+
+    split = load_dataset("digits", resolution=16)
+    path = make_classifier_weights(tmp_path / "face.safetensors", "mnist_resnet", 7, (1, 32, 32))
+    face = load_face_extractor(
+        ArtifactCache(tmp_path / "cache"),
+        split,
+        arch="mnist_resnet",
+        train_cfg={},
+        weights=str(path),
+    )
+    model = face.model
+    assert isinstance(model, ResizedInput) and model.input_shape == (1, 16, 16)
+    assert model.model.input_shape == (1, 32, 32)
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        up = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        assert torch.equal(model.features(x), model.model.features(up))
+        assert model(x).shape == (3, model.num_classes)
+    with pytest.raises(ValueError, match="channels differ"):
+        ResizedInput(model.model, (3, 16, 16))

@@ -11,6 +11,7 @@ the whole library shares one pixel range. A model exposes:
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -46,3 +47,33 @@ class Classifier(nn.Module):
         """Both outputs from one pass: ``(features, logits)``."""
         f = self.features(x)
         return f, self.head(f)
+
+
+class ResizedInput(Classifier):
+    """A classifier fed images of another size, resized (bilinear, antialiased) to its own.
+
+    For a network whose weights fix its input size (a face-recognition model trained at 64 px)
+    scoring images of another resolution, as feature-space metrics do in the literature (FaceNet
+    evaluators resize to 112 or 160 px). Shares the wrapped model's head and features.
+
+    Args:
+        model: The classifier, with its native ``input_shape``.
+        input_shape: (C, H, W) of the images it is fed; C must equal the model's.
+    """
+
+    def __init__(self, model: Classifier, input_shape: tuple[int, int, int]) -> None:
+        if input_shape[0] != model.input_shape[0]:
+            raise ValueError(
+                f"cannot feed {tuple(input_shape)} images to a {model.input_shape} model: "
+                "the channels differ"
+            )
+        super().__init__(model.num_classes, model.feature_dim, input_shape)
+        self.model = model
+        self.head = model.head
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) in [0, 1], resized to the model's size -> its penultimate features."""
+        size = tuple(self.model.input_shape[1:])
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.model.features(x)
