@@ -71,6 +71,18 @@ class MnistEvaluator(Classifier):
 
     VGG-style (stride-1 convolutions with max pooling, dropout, a BatchNorm feature layer): a
     different inductive bias from the strided target, at a cost that trains in seconds per epoch.
+    The four max-pools leave H/16 x W/16 (1 x 1 at 16 px, 4 x 4 at 64 px), which the adaptive
+    pooling brings to 2 x 2, so the feature layer has the same size at every resolution.
+
+    Args:
+        num_classes: Number of classes (10 for the evaluator of the digit splits).
+        input_shape: (C, H, W); H and W at least 16 (four 2x2 max-pools).
+        width: Channels of the first convolution (doubled at each of the four layers).
+        feature_dim: Size of the penultimate layer.
+        dropout: Dropout probability before the feature layer.
+
+    Raises:
+        ValueError: an input smaller than 16 x 16 px.
 
     Example:
         >>> import torch
@@ -88,6 +100,8 @@ class MnistEvaluator(Classifier):
         dropout: float = 0.3,
     ) -> None:
         super().__init__(num_classes, feature_dim, input_shape)
+        if min(input_shape[1:]) < 16:
+            raise ValueError(f"MnistEvaluator needs H and W >= 16, got {input_shape}")
         layers: list[nn.Module] = []
         cin = input_shape[0]
         for i in range(4):
