@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_resolution.py                       # 16, 32, 64 px, default recipes
     python benchmarks/bench_resolution.py --resolutions 64 --gan-width 4 --gmi-steps 300
-    python benchmarks/bench_resolution.py --quick               # a smoke run of a few seconds
+    python benchmarks/bench_resolution.py --quick               # smoke run: about a minute for all three
 
 For each resolution the study's own code paths run once, cold, in a throwaway artifact cache:
 ``load_dataset(dataset, resolution=R)``; the evaluator, the delta_face extractor and the GAN prior
