@@ -270,7 +270,9 @@ def _needs(
     if not spec.target_priors:
         return kwargs, None  # e.g. MIFace never waits for the GAN
     if target is None:
-        raise ValueError(f"attack {name!r} trains priors with the target's answers: pass the target")
+        raise ValueError(
+            f"attack {name!r} trains priors with the target's answers: pass the target"
+        )
     queries = 0
     for prior in spec.target_priors:
         kwargs[prior.name], meta = build_target_prior(setting, prior, target)

@@ -140,7 +140,9 @@ def _worker_setting(variant: str) -> StudySetting:
     if variant not in _SETTINGS:
         if variant not in _RECIPES:  # pragma: no cover - only reachable if the initializer failed
             raise RuntimeError(f"study worker has no setting {variant!r}")
-        _SETTINGS[variant] = prepare_setting(**{**_RECIPES[variant], "progress": False}, eager=False)
+        _SETTINGS[variant] = prepare_setting(
+            **{**_RECIPES[variant], "progress": False}, eager=False
+        )
     return _SETTINGS[variant]
 
 
