@@ -6,15 +6,20 @@ on the same small fixtures without any download.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from mibench_lib.generators.base import Generator
 from mibench_lib.models.base import Classifier
+
+if TYPE_CHECKING:
+    from mibench_lib.attacks._spec import TargetPrior
 
 
 class TinyClassifier(Classifier):
@@ -306,3 +311,45 @@ def _save_state(path: Path, state: dict[str, Tensor], *, wrap: bool) -> Path:
             {"state_dict": {f"module.{k}": v for k, v in state.items()}} if wrap else state, path
         )
     return path
+
+
+def build_target_prior(
+    prior: TargetPrior,
+    target: nn.Module,
+    public: Tensor,
+    *,
+    seed: int = 0,
+    **overrides: Any,
+) -> tuple[Any, int]:
+    """Build ``prior`` for ``target`` as a study does, with its quick settings, on the CPU.
+
+    The target is reached only through a :class:`~mibench_lib.oracle.TargetOracle` at the prior's
+    access level; the build's tensors and metadata go through the same round trip as the artifact
+    cache (contiguous tensor copies, JSON metadata) before ``prior.load``.
+
+    Args:
+        prior: The :class:`~mibench_lib.attacks.TargetPrior` to build.
+        target: Target classifier (``num_classes`` and ``input_shape`` attributes).
+        public: (N, C, H, W) public images in [0, 1] (given to the build without labels).
+        seed: The study's model seed.
+        **overrides: Build keyword arguments replacing ``prior.quick``'s.
+
+    Returns:
+        What the attack receives, and the number of target queries the build made.
+    """
+    from mibench_lib.data._types import ImageSet
+    from mibench_lib.oracle import TargetOracle
+
+    oracle = TargetOracle(target, access=prior.access)
+    unlabelled = ImageSet(public, torch.full((len(public),), -1, dtype=torch.int64))
+    tensors, meta = prior.build(
+        oracle,
+        unlabelled,
+        num_classes=target.num_classes,
+        seed=seed,
+        device=torch.device("cpu"),
+        progress=False,
+        **{**prior.quick, **overrides},
+    )
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    return prior.load(tensors, json.loads(json.dumps(meta)), torch.device("cpu")), oracle.queries

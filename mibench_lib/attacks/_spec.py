@@ -46,12 +46,16 @@ class TargetPrior:
             tensors and JSON-able metadata (what :meth:`~mibench_lib.cache.ArtifactCache.get_or_build`
             stores). ``kwargs`` come from the parameter file's ``prior_kwargs[name]``.
         load: ``load(tensors, meta, device)`` rebuilds what the attack gets from the cached files.
+        quick: Keyword arguments of ``build`` for a few-second build on tiny networks (the shared
+            tests build every registered attack's priors with them:
+            :func:`mibench_lib.testing.build_target_prior`).
     """
 
     name: str
     access: str
     build: Callable[..., tuple[dict[str, Tensor], dict[str, Any]]]
     load: Callable[[Mapping[str, Tensor], Mapping[str, Any], Any], Any]
+    quick: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS_LEVELS:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from mibench_lib.attacks import PUBLIC_NEEDS, SPECS, InversionResult
 from mibench_lib.byo import as_critic, as_generator, as_target
 from mibench_lib.oracle import TargetOracle
+from mibench_lib.testing import build_target_prior
 
 IMAGE = (3, 16, 16)
 PIXELS = 3 * 16 * 16
@@ -65,6 +66,9 @@ def target() -> nn.Module:
 def _run(name: str, oracle: TargetOracle, public: dict[str, nn.Module], **networks: nn.Module):
     spec = SPECS[name]
     needs = {k: networks.get(k, public[k]) for k in spec.public_needs}
+    images = torch.rand(64, *IMAGE, generator=_rng(3))  # the public images of target priors
+    for prior in spec.target_priors:
+        needs[prior.name], _ = build_target_prior(prior, target(), images)
     return spec.run(oracle, torch.tensor([0, 1]), rng=_rng(0), **needs, **spec.quick)
 
 
@@ -86,11 +90,6 @@ def test_the_adapter_feeds_the_target_the_pixels_it_was_defined_on():
 @pytest.mark.parametrize("name", list(SPECS))
 def test_every_attack_runs_on_plain_sequential_models(name, public):
     spec = SPECS[name]
-    if spec.target_priors:
-        pytest.skip(
-            f"{name} trains target priors {[p.name for p in spec.target_priors]} with the study "
-            "engine (TargetPrior.build); this test supplies public artifacts only"
-        )
     oracle = TargetOracle(target(), access=spec.access)
     res = _run(name, oracle, public)
     assert isinstance(res, InversionResult) and res.attack == name

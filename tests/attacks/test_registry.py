@@ -9,7 +9,13 @@ import torch
 
 from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, ATTACKS, SPECS, InversionResult
 from mibench_lib.oracle import ACCESS_LEVELS, TargetOracle
-from mibench_lib.testing import tiny_classifier, tiny_discriminator, tiny_generator
+from mibench_lib.testing import (
+    build_target_prior,
+    tiny_classifier,
+    tiny_digits,
+    tiny_discriminator,
+    tiny_generator,
+)
 
 
 def test_registries_agree():
@@ -42,6 +48,10 @@ def test_runs_at_its_weakest_access_and_reports_progress(name):
     target = tiny_classifier()  # random weights: predicts class 3 on the tiny generator
     oracle = TargetOracle(target, access=ATTACK_ACCESS[name])
     networks = {"generator": tiny_generator(), "discriminator": tiny_discriminator()}
+    public = tiny_digits()[0][:64]  # the public images its target priors are trained on
+    for prior in SPECS[name].target_priors:
+        networks[prior.name], prior_queries = build_target_prior(prior, target, public)
+        assert prior_queries > 0, f"{prior.name} never asked the target"
     calls = []
     res = ATTACKS[name](
         oracle,
