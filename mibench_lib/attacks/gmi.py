@@ -37,11 +37,18 @@ repository; the two ``inversion`` functions differ only in the defaults below an
   label.
 - The official "Acc5" counts a label as recovered if any restart succeeds; ``select="all"`` returns
   every restart (with the best one marked) so that a study can report either number.
+
+Other identity losses. ``identity_loss`` replaces the cross-entropy by any per-image loss that
+the caller computes from the images and their labels (it queries the oracle itself, so its
+queries are counted); the prior term, the optimiser, the clamp, the step scaling and the
+selection on the target's logit stay GMI's. LOMMA (:mod:`mibench_lib.attacks.lomma`) plugs in
+its logit loss, feature regulariser and surrogate models this way.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -64,7 +71,10 @@ OFFICIAL_SCALING: dict[str, dict[str, float | int]] = {
     "mnist": {"lr": 0.01, "loss_divisor": 5},
 }
 
-__all__ = ["gmi_attack"]
+#: Per-image identity loss ``identity_loss(images, labels) -> (M,)`` (see :func:`gmi_attack`).
+IdentityLoss = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["IdentityLoss", "gmi_attack"]
 
 
 def gmi_attack(
@@ -83,6 +93,7 @@ def gmi_attack(
     select: Literal["best", "all"] = "best",
     batch_size: int | None = None,
     start_latents: Tensor | None = None,
+    identity_loss: IdentityLoss | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
@@ -131,6 +142,14 @@ def gmi_attack(
             (default) draws them from ``rng``; passing
             ``torch.randn(restarts, N, latent_dim, generator=rng)`` gives exactly the default
             search.
+        identity_loss: The identity term of the search. ``None`` (default): GMI's per-latent
+            cross-entropy ``CE(oracle(G(z)), y)``. Otherwise a callable
+            ``identity_loss(images, labels) -> (M,)`` giving each image's identity loss, for the
+            (M, C, H, W) images of the current chunk and their (M,) labels (on the oracle's
+            device); the search then minimises ``-D(G(z)) + lambda_iden * identity_loss``. It
+            must reach the target only through the oracle (``oracle(images)``, so that its
+            queries are counted in ``queries``) and keep the autograd graph to ``images``. The
+            final selection still ranks restarts by the target's logit of the label.
         rng: CPU generator for the initial latents (moved to the oracle's device afterwards);
             unused when ``start_latents`` is given.
         on_step: Progress hook ``on_step(step, steps, info)``, called every 10 steps and at the
@@ -139,8 +158,9 @@ def gmi_attack(
     Returns:
         InversionResult with images (N or N * restarts, C, H, W) on the CPU in [0, 1], their labels,
         the final latents, ``losses`` (mean per-latent loss ``-D + lambda_iden * CE`` at each step,
-        before the update), ``queries`` (images sent to the oracle: ``(steps + 1) * N * restarts``,
-        the last batch being the selection pass) and ``extras``:
+        before the update; ``identity_loss`` in place of ``CE`` when given), ``queries`` (images
+        sent to the oracle: ``(steps + 1) * N * restarts``, the last batch being the selection
+        pass, plus whatever else a given ``identity_loss`` queries) and ``extras``:
 
         - ``"target_prob"``: (M,) target probability of the label for each returned image;
         - ``"target_logit"``: (M,) target logit of the label (the selection score);
@@ -153,7 +173,8 @@ def gmi_attack(
         ValueError: bad labels, a non-positive ``lr``/``loss_divisor``/``clip``/``restarts``,
             ``momentum`` outside
             (0, 1), negative ``steps``/``lambda_iden``, an unknown ``select``, ``start_latents``
-            of the wrong shape or dtype, or a target, generator or discriminator that breaks its
+            of the wrong shape or dtype, an ``identity_loss`` that is not callable or does not
+            return one loss per image, or a target, generator or discriminator that breaks its
             contract (:mod:`mibench_lib.byo`; e.g. a critic that does not return one score per
             image, or a generator whose images are not the target's input shape in [0, 1]).
         TypeError: a target or generator without its attributes (``num_classes`` and
@@ -193,6 +214,11 @@ def gmi_attack(
         raise ValueError(f"select must be 'best' or 'all', got {select!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    if identity_loss is not None and not callable(identity_loss):
+        raise ValueError(
+            f"identity_loss must be None or a callable (images, labels) -> per-image losses, "
+            f"got {type(identity_loss).__name__}"
+        )
     # Every network against its contract before any work (no queries, no random draws used).
     check_target(oracle.module)
     check_generator(generator, image_shape=oracle.input_shape)
@@ -227,6 +253,7 @@ def gmi_attack(
                     momentum=momentum,
                     lambda_iden=lambda_iden,
                     clip=clip,
+                    identity_loss=identity_loss,
                     on_step=on_step,
                 )
             )
@@ -290,6 +317,7 @@ def _search(
     momentum: float,
     lambda_iden: float,
     clip: float,
+    identity_loss: IdentityLoss | None,
     on_step: StepCallback | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Optimise one chunk of latents; add each step's summed loss to ``loss_sums``.
@@ -307,7 +335,15 @@ def _search(
                 f"got {tuple(critic.shape)}"
             )
         prior = -critic
-        iden = F.cross_entropy(oracle(images), y, reduction="none")
+        if identity_loss is None:
+            iden = F.cross_entropy(oracle(images), y, reduction="none")
+        else:
+            iden = identity_loss(images, y)
+            if not isinstance(iden, Tensor) or iden.shape != (z.shape[0],):
+                raise ValueError(
+                    f"identity_loss must return one loss per image, shape ({z.shape[0]},), got "
+                    f"{tuple(iden.shape) if isinstance(iden, Tensor) else type(iden).__name__}"
+                )
         per_latent = prior + lambda_iden * iden
         # Sum, not mean: a latent's gradient must not depend on how many latents share the
         # batch. The fixed divisor reproduces the official script's per-latent step.

@@ -414,3 +414,68 @@ def test_bad_start_latents_raise_before_any_query(start, match):
     with pytest.raises(ValueError, match=match):
         gmi_attack(oracle, torch.tensor([0, 1]), start_latents=start, **_gmi_kwargs(steps=1))
     assert oracle.queries == 0
+
+
+# -- a caller's identity loss (LOMMA's hook) -------------------------------------------------------
+def test_identity_loss_of_per_image_cross_entropy_reproduces_the_default_exactly():
+    labels = torch.tensor([0, 3, 1])
+    kw = _gmi_kwargs(steps=5, restarts=2, select="all")
+    default = gmi_attack(TargetOracle(tiny_classifier()), labels, rng=_rng(2), **kw)
+    oracle = TargetOracle(tiny_classifier())
+    seen = []
+
+    def cross_entropy(images: Tensor, y: Tensor) -> Tensor:
+        seen.append(y.clone())
+        return F.cross_entropy(oracle(images), y, reduction="none")
+
+    given = gmi_attack(oracle, labels, identity_loss=cross_entropy, rng=_rng(2), **kw)
+    assert torch.equal(given.images, default.images)
+    assert torch.equal(given.latents, default.latents)
+    assert given.losses == default.losses
+    assert given.queries == default.queries == oracle.queries == (5 + 1) * 6
+    assert len(seen) == 5 and all(torch.equal(y, labels.repeat(2)) for y in seen)
+
+
+def test_identity_loss_drives_the_search_and_its_queries_are_counted():
+    # a loss that asks the target twice per step: both queries are counted
+    labels, oracle = torch.tensor([2, 0]), TargetOracle(tiny_classifier())
+
+    def twice(images: Tensor, y: Tensor) -> Tensor:
+        return -oracle(images).gather(1, y[:, None]).squeeze(1) + 0 * oracle(images).sum(1)
+
+    kw = _gmi_kwargs(steps=3, restarts=2, select="all")
+    res = gmi_attack(oracle, labels, identity_loss=twice, rng=_rng(0), **kw)
+    assert res.queries == oracle.queries == 3 * 2 * 4 + 4
+    ce = gmi_attack(TargetOracle(tiny_classifier()), labels, rng=_rng(0), **kw)
+    assert not torch.equal(res.latents, ce.latents)
+    # its gradient is the identity term: a loss without gradient leaves the prior term alone
+    prior_only = gmi_attack(
+        TargetOracle(tiny_classifier()), labels, lambda_iden=0.0, rng=_rng(0), **kw
+    )
+    other = TargetOracle(tiny_classifier())
+    flat = gmi_attack(
+        other,
+        labels,
+        identity_loss=lambda images, y: F.cross_entropy(
+            other(images), y, reduction="none"
+        ).detach(),
+        rng=_rng(0),
+        **kw,
+    )
+    assert torch.equal(flat.latents, prior_only.latents)
+
+
+def test_bad_identity_loss_raises():
+    oracle = TargetOracle(tiny_classifier())
+    with pytest.raises(ValueError, match="identity_loss must be None or a callable"):
+        gmi_attack(oracle, torch.tensor([0]), identity_loss="logit", **_gmi_kwargs(steps=1))
+    assert oracle.queries == 0
+    with pytest.raises(
+        ValueError, match=r"identity_loss must return one loss per image, shape \(2,\)"
+    ):
+        gmi_attack(
+            oracle,
+            torch.tensor([0]),
+            identity_loss=lambda images, y: oracle(images).sum(),
+            **_gmi_kwargs(steps=1),
+        )
