@@ -168,6 +168,103 @@ def plot_privacy_utility(
     return ax
 
 
+def plot_attack_plane(
+    df: pd.DataFrame,
+    *,
+    x: str = "delta_eval",
+    y: str = "acc1",
+    point: str = "attack",
+    style: str = "family",
+    ax: Axes | None = None,
+    floors: Mapping[str, float] | None = None,
+) -> Axes:
+    """Every attack as one point: mean ``x`` against mean ``y``, each with its 95 % interval.
+
+    Points are coloured by ``point`` (one colour each, labelled next to the point) and shaped by
+    ``style`` (the threat-model family), so that white-box, black-box and label-only attacks
+    stand apart. The intervals are those of the tables (:func:`~mibench_lib.stats.tidy_summary`:
+    a two-stage bootstrap for accuracies, t over seeds otherwise).
+    """
+    ax = ax or plt.subplots(figsize=(6.5, 4.8))[1]
+    groups = [point, style]
+    tx = tidy_summary(df, groups, [x]).set_index(groups)
+    ty = tidy_summary(df, groups, [y]).set_index(groups)
+    names = sorted(df[point].unique(), key=str)
+    styles = sorted(df[style].unique(), key=str)
+    palette = sns.color_palette("tab10" if len(names) <= 10 else "husl", n_colors=len(names))
+    markers = dict(zip(styles, "osD^vP*X", strict=False))
+    seen: set[str] = set()
+    for key in tx.index:
+        px, py = tx.loc[[key]], ty.loc[[key]]
+        if not (np.isfinite(px["mean"]).all() and np.isfinite(py["mean"]).all()):
+            continue  # e.g. a run whose budget ran out: nothing to place
+        fam = key[1]
+        ax.errorbar(
+            px["mean"],
+            py["mean"],
+            xerr=np.nan_to_num(_half_widths(px)),
+            yerr=np.nan_to_num(_half_widths(py)),
+            color=palette[names.index(key[0])],
+            marker=markers.get(fam, "o"),
+            ms=7,
+            capsize=2,
+            ls="none",
+            label=None if fam in seen else str(fam),
+        )
+        seen.add(fam)
+        ax.annotate(
+            str(key[0]),
+            (float(px["mean"].iloc[0]), float(py["mean"].iloc[0])),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    _draw_floors(ax, floors)
+    _accuracy_axis(ax, y)
+    _accuracy_axis(ax, x, axis="x")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    # the legend shows the families' markers; the colours are named next to each point
+    handles = [
+        plt.Line2D([], [], color="0.3", marker=markers[f], ls="none", label=str(f))
+        for f in styles
+        if f in seen
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="best", title=style, title_fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_per_class(
+    tidy: pd.DataFrame,
+    *,
+    row: str = "attack",
+    column: str = "class",
+    value: str = "acc1",
+    ax: Axes | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Axes:
+    """Heat map of ``value`` (mean over seeds) per ``row`` and class, annotated, on [0, 1]."""
+    table = tidy.groupby([row, column])[value].mean().unstack(column)
+    if class_names is not None:
+        table.columns = [class_names[int(c)] for c in table.columns]
+    ax = ax or plt.subplots(figsize=(1.0 + 0.7 * table.shape[1], 0.8 + 0.4 * table.shape[0]))[1]
+    sns.heatmap(
+        table,
+        ax=ax,
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        annot=True,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": f"{value} (mean over seeds)"},
+    )
+    ax.set_xlabel(column)
+    ax.set_ylabel(row)
+    return ax
+
+
 def _to_hw(img: Tensor) -> np.ndarray:
     img = img.detach().cpu().clamp(0, 1)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()

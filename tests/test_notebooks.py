@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mibench_lib.attacks import SPECS
 from mibench_lib.studies.params import INJECTED, load_parameters, notebook_parameters
 from mibench_lib.studies.runner import list_studies, run_config
 
@@ -96,6 +97,13 @@ def test_every_parameter_file_validates_against_its_notebook(path):
     assert params["attacks"]
 
 
+@pytest.mark.parametrize("config", ["default", "tiny", "celeba64"])
+def test_the_leaderboard_runs_every_registered_attack(config):
+    path = ROOT / "parameters" / "leaderboard" / f"{config}.yaml"
+    params = load_parameters(path, ROOT / "notebooks" / "leaderboard.ipynb")
+    assert params["attacks"] == list(SPECS), "list every attack of the registry, in its order"
+
+
 def test_studies_are_listed():
     assert "predictive_power" in list_studies()
 
@@ -129,11 +137,12 @@ def test_study_tiny_smoke(study, tmp_path):
     assert set(attacks.loc[attacks["attack"] == "gmi", "family"]) == {"white-box"}
     figures = sorted(p.name for p in out.glob("fig_*.png"))
     assert any(f.startswith("fig_reconstructions") for f in figures), figures
+    main_table = "leaderboard" if study == "leaderboard" else "results_mean_std"
     for ext in ["md", "tex", "csv"]:
-        assert (out / f"table_results_mean_std.{ext}").exists()
+        assert (out / f"table_{main_table}.{ext}").exists()
     for name in ["parameters.yaml", "environment.json", f"{study}.ipynb", "_complete.json"]:
         assert (out / name).exists(), name
-    assert (out / "table_results_mean_std.md").read_text().count("[") > len(df["attack"].unique())
+    assert (out / f"table_{main_table}.md").read_text().count("[") > len(df["attack"].unique())
     paired = next(out.glob("table_paired_*.csv"))
     assert {"difference", "supported"} <= set(pd.read_csv(paired).columns)
     if study == "predictive_power":
@@ -165,6 +174,18 @@ def test_study_tiny_smoke(study, tmp_path):
         assert set(
             df.loc[df["defense_label"].isin(dp.loc[~noised, "defense_label"]), "attack"]
         ) == {"gmi"}
+    if study == "leaderboard":
+        assert set(df["attack"]) == baselines | set(SPECS)  # every registered attack
+        board = pd.read_csv(out / "table_leaderboard.csv")
+        for _, family in board.groupby("family"):  # ranked within each threat model
+            assert family["rank"].tolist() == list(range(1, len(family) + 1))
+        priors = [name for name, spec in SPECS.items() if spec.target_priors]
+        if priors:  # their queries and seconds are reported apart from the attack's own
+            trained = df[df["attack"].isin(priors)]
+            assert (trained["prior_queries"] > 0).all() and (trained["prior_build_s"] > 0).all()
+        assert {"fig_acc1_vs_distance.png", "fig_per_class.png"} <= set(figures)
+        per_class = pd.read_csv(out / "table_per_class.csv")
+        assert set(per_class["attack"]) == set(df["attack"])
     if study == "adversarial_robustness":
         assert "fig_attack_vs_epsilon.png" in figures
         at = df[df["norm"] != "none"]

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from mibench_lib.cache import ArtifactCache
+from mibench_lib.metrics.features import predict_logits
 from mibench_lib.seeding import resolve_device, seed_everything
 from mibench_lib.stats import paired_table, summary_table
 from mibench_lib.studies.harness import StudySetting, prepare_setting
@@ -357,6 +358,69 @@ class Study:
             df, metric, condition_col=condition, reference=reference, group_cols=list(by)
         )
         return self.report(table, name, caption)
+
+    def ranked(
+        self,
+        df: pd.DataFrame,
+        metrics: Sequence[str],
+        *,
+        by: str = "acc1",
+        higher_is_better: bool = True,
+        name: str = "leaderboard",
+    ) -> pd.DataFrame:
+        """Mean ± std [95 % interval] per attack, ranked by the mean of ``by`` in each family.
+
+        One row per (threat-model family, attack); ``rank`` restarts at 1 in each family
+        (white-box, black-box, label-only, and the baselines), so an attack is only ranked
+        against attacks of its own threat model. Saved as ``table_<name>``.
+        """
+        present = [m for m in metrics if m in df and df[m].notna().any()]
+        groups = ["family", "attack"]
+        table = summary_table(df, groups, present, digits=3)
+        means = df.groupby(groups)[by].mean().rename("_mean").reset_index()
+        table = table.merge(means, on=groups, how="left").sort_values(
+            ["family", "_mean"], ascending=[True, not higher_is_better], na_position="last"
+        )
+        table.insert(1, "rank", table.groupby("family").cumcount() + 1)
+        caption = f"Ranked by mean {by} within each threat-model family. {INTERVAL_NOTE}"
+        return self.report(table.drop(columns="_mean").reset_index(drop=True), name, caption)
+
+    def per_class(
+        self, df: pd.DataFrame, key: Sequence[str] = (), *, variant: str = ""
+    ) -> pd.DataFrame:
+        """Evaluator Acc@1 of every saved run of ``df``, per private class (tidy).
+
+        Args:
+            df: Result rows (``attack``, ``seed`` and the ``key`` columns of their arms).
+            key: The arm key columns that, with attack and seed, name a run's reconstructions.
+            variant: Whose evaluator scores them.
+
+        Returns:
+            One row per (run, class): the key columns, ``attack``, ``seed``, ``class``, ``acc1``
+            (share of the class's reconstructions the evaluator assigns to it) and ``n``.
+        """
+        self.pool.wait(self.warm)
+        setting = self.settings[variant]
+        label_map = setting.split.private_to_evaluator
+        rows = []
+        for run in df[[*key, "attack", "seed"]].drop_duplicates().to_dict("records"):
+            saved = self.reconstructions({k: run[k] for k in key}, run["attack"], int(run["seed"]))
+            if saved is None:
+                continue
+            images, labels = saved
+            pred = predict_logits(setting.evaluator.model, images, device=self.device).argmax(1)
+            hit = pred == label_map[labels]
+            for c in sorted(set(labels.tolist())):
+                mine = labels == c
+                rows.append(
+                    {
+                        **run,
+                        "class": c,
+                        "acc1": float(hit[mine].double().mean()),
+                        "n": int(mine.sum()),
+                    }
+                )
+        return pd.DataFrame(rows, columns=[*key, "attack", "seed", "class", "acc1", "n"])
 
     def floors(self, df: pd.DataFrame, metric: str = "acc1") -> dict[str, float]:
         """Each baseline's mean ``metric``: the reference lines of trend figures."""

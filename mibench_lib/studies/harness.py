@@ -10,6 +10,7 @@ they loop over what their study varies and call this.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -222,7 +223,8 @@ def build_target_prior(
 
     Returns:
         What the attack gets (``prior.load``) and the build's metadata, whose ``queries`` is the
-        number of images the oracle answered while training it.
+        number of images the oracle answered while training it and ``build_s`` the seconds the
+        build took (when it was built, not loaded).
     """
     r = setting.recipe
     kwargs = dict(r.get("prior_kwargs", {}).get(prior.name, {}))
@@ -239,6 +241,7 @@ def build_target_prior(
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         oracle = TargetOracle(target, access=prior.access)
+        t0 = time.perf_counter()
         tensors, meta = prior.build(
             oracle,
             public,
@@ -248,7 +251,7 @@ def build_target_prior(
             progress=setting.progress,
             **kwargs,
         )
-        return tensors, {**meta, "queries": oracle.queries}
+        return tensors, {**meta, "queries": oracle.queries, "build_s": time.perf_counter() - t0}
 
     tensors, meta, _ = setting.cache.get_or_build(f"prior_{prior.name}", config, build)
     return prior.load(tensors, meta, setting.device), meta
@@ -260,8 +263,8 @@ def _needs(
     """The artifacts attack ``name`` takes as keyword arguments, built or loaded now.
 
     Returns:
-        The keyword arguments and the target queries its target priors cost (None when it has
-        none).
+        The keyword arguments and what its target priors cost (None when it has none):
+        ``{"prior_queries": target queries, "prior_build_s": seconds their builds took}``.
     """
     if name in BASELINES:
         return ({"generator": setting.prior.generator} if name == BASELINE else {}), None
@@ -273,11 +276,12 @@ def _needs(
         raise ValueError(
             f"attack {name!r} trains priors with the target's answers: pass the target"
         )
-    queries = 0
+    cost = {"prior_queries": 0, "prior_build_s": 0.0}
     for prior in spec.target_priors:
         kwargs[prior.name], meta = build_target_prior(setting, prior, target)
-        queries += int(meta["queries"])
-    return kwargs, queries
+        cost["prior_queries"] += int(meta["queries"])
+        cost["prior_build_s"] += float(meta.get("build_s", float("nan")))
+    return kwargs, cost
 
 
 def run_attack(
@@ -295,7 +299,7 @@ def run_attack(
     draws of a stochastic target (MID samples at inference) depending on whether this process had
     already loaded it.
     """
-    kwargs, prior_queries = _needs(setting, name, target)
+    kwargs, prior_cost = _needs(setting, name, target)
     rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # stochastic targets (MID samples at inference) draw from it
     if name == BASELINE:
@@ -307,8 +311,8 @@ def run_attack(
     result = SPECS[name].run(
         oracle, setting.labels, rng=rng, **kwargs, **setting.attack_kwargs.get(name, {})
     )
-    if prior_queries is not None:
-        result.extras["prior_queries"] = prior_queries
+    if prior_cost is not None:
+        result.extras.update(prior_cost)
     return result
 
 
@@ -352,8 +356,10 @@ def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> 
             reference_cache=setting.reference_cache,
         )
         row["acc1_selected"] = sel_scores["acc1"]
-    if "prior_queries" in result.extras:  # queries its target priors cost, counted apart
-        row["prior_queries"] = result.extras["prior_queries"]
+    # what its target priors cost (queries, build seconds), reported apart from the attack's own
+    for key in ("prior_queries", "prior_build_s"):
+        if key in result.extras:
+            row[key] = result.extras[key]
     if "found_start" in result.extras:  # BREP-MI: entries the target never labelled at the start
         row["start_found"] = float(result.extras["found_start"].float().mean())
     return row

@@ -252,6 +252,9 @@ def test_target_prior_is_trained_through_a_counting_oracle_and_cached_per_target
         study.close()
     # 64 public images answered while training each target's surrogate; 2 label queries per attack
     assert (df["prior_queries"] == 64).all()
+    # the build's seconds are reported apart from the attack's (the cached one keeps its build's)
+    assert (df["prior_build_s"] > 0).all() and (df["wall_time_s"] >= 0).all()
+    assert df.loc["seed 0", "prior_build_s"] == df.loc["seed 0 again", "prior_build_s"]
     assert (df["queries"] == 2).all()
     assert (
         len(BUILDS) == 2
