@@ -179,6 +179,7 @@ def test_study_tiny_smoke(study, tmp_path):
         board = pd.read_csv(out / "table_leaderboard.csv")
         for _, family in board.groupby("family"):  # ranked within each threat model
             assert family["rank"].tolist() == list(range(1, len(family) + 1))
+            assert family["acc1"].str.split().str[0].astype(float).is_monotonic_decreasing
         priors = [name for name, spec in SPECS.items() if spec.target_priors]
         if priors:  # their queries and seconds are reported apart from the attack's own
             trained = df[df["attack"].isin(priors)]

@@ -65,3 +65,30 @@ def test_a_defense_keeps_its_colour_across_attack_panels():
 
     assert colour_of(a, "mid") == colour_of(b, "mid")
     assert colour_of(b, "other") != colour_of(b, "mid")
+
+
+def test_attack_plane_places_each_attack_once_with_both_intervals():
+    df = _rows().assign(family=lambda d: d["attack"].map({"gmi": "white-box", "brep_mi": "label"}))
+    ax = plots.plot_attack_plane(df, x="delta_eval", y="acc1", floors={"blank image": 0.1})
+    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
+    assert len(ax.containers) == 2  # one point per attack, each with x and y error bars
+    for container in ax.containers:
+        assert container.has_xerr and container.has_yerr
+    means = sorted(float(c.lines[0].get_xdata()[0]) for c in ax.containers)
+    assert means == pytest.approx([21.0, 51.0])  # mean delta_eval over seeds and x values
+    assert {t.get_text() for t in ax.texts} >= {"gmi", "brep_mi", "blank image"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["label", "white-box"]
+
+
+def test_per_class_heat_map_shows_the_mean_over_seeds():
+    tidy = pd.DataFrame(
+        {
+            "attack": ["gmi"] * 4,
+            "seed": [0, 1, 0, 1],
+            "class": [0, 0, 1, 1],
+            "acc1": [1.0, 0.5, 0.0, 0.0],
+        }
+    )
+    ax = plots.plot_per_class(tidy, class_names=["zero", "one"])
+    assert [t.get_text() for t in ax.texts] == ["0.75", "0.00"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["zero", "one"]
