@@ -99,6 +99,7 @@ from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec, TargetPrior
 from mibench_lib.attacks.gmi import gmi_attack
+from mibench_lib.attacks.kedmi import KEDMI_GAN, KEDMIGAN, kedmi_attack
 from mibench_lib.byo import check_target
 from mibench_lib.data._types import ImageSet
 from mibench_lib.generators.base import Generator
@@ -110,6 +111,7 @@ __all__ = [
     "LOMMA_SURROGATES",
     "SPECS",
     "SPEC_GMI",
+    "SPEC_KEDMI",
     "SURROGATE_ARCHITECTURES",
     "VARIANTS",
     "LOMMASurrogates",
@@ -122,6 +124,7 @@ __all__ = [
     "logit_loss",
     "lomma_gmi_attack",
     "lomma_identity_loss",
+    "lomma_kedmi_attack",
 ]
 
 
@@ -683,6 +686,108 @@ def lomma_gmi_attack(
     )
 
 
+def lomma_kedmi_attack(
+    oracle: TargetOracle,
+    labels: Tensor,
+    *,
+    kedmi_gan: KEDMIGAN,
+    lomma_surrogates: LOMMASurrogates,
+    variant: str = "ours",
+    lam: float = 1.0,
+    steps: int = 2400,
+    lr: float = 0.02,
+    lambda_iden: float = 100.0,
+    samples: int = 5,
+    clip: float | None = 1.0,
+    batch_size: int | None = None,
+    loss_divisor: float = 60,
+    rng: torch.Generator | None = None,
+    on_step: StepCallback | None = None,
+) -> InversionResult:
+    """LOMMA on KEDMI: KEDMI's distributional search with LOMMA's identity loss.
+
+    Runs :func:`~mibench_lib.attacks.kedmi.kedmi_attack` (one Gaussian ``N(mu, exp(log_var))``
+    per label over the latents of KEDMI's GAN, Adam on ``(mu, log_var)``, prior
+    ``-log sigmoid(logsumexp D(G(z)))``) with the identity loss of ``variant``
+    (:func:`lomma_identity_loss`), and every sampled latent clamped to ``[-clip, clip]`` as in
+    LOMMA's ``dist_inversion`` (``clipz=True``). Each step queries the oracle once per label
+    (features read during that query) and runs every surrogate; no gradient reaches the
+    surrogates' parameters and they run in eval mode. Defaults are LOMMA's official KEDMI
+    settings (one seed per identity, i.e. one Gaussian, and 5 draws from it for evaluation).
+
+    Args:
+        oracle: White-box oracle of the target, (M, C, H, W) in [0, 1] -> (M, K) logits.
+        labels: (N,) int64 class ids in ``[0, K)``; repeats allowed (one Gaussian each).
+        kedmi_gan: The target's inversion-specific GAN (:data:`~mibench_lib.attacks.kedmi.KEDMI_GAN`).
+        lomma_surrogates: The :data:`LOMMA_SURROGATES` prior built for this target.
+        variant: ``"baseline"``, ``"aug"``, ``"logit"`` or ``"ours"`` (:data:`VARIANTS`).
+            ``"baseline"`` is KEDMI with the clamp (bit-identical to ``kedmi_attack(...,
+            clip=clip)``).
+        lam: Weight of the feature regulariser inside the identity loss (official 1.0).
+        steps: Optimisation steps (official 2400).
+        lr: Adam learning rate on ``(mu, log_var)`` (official 0.02).
+        lambda_iden: Weight of the identity loss (official 100).
+        samples: Draws per label returned (official evaluation: 5).
+        clip: Every sampled latent is clamped to ``[-clip, clip]`` (LOMMA: 1); ``None``: never
+            (KEDMI's own code).
+        batch_size: Most labels searched at once (``None``: all).
+        loss_divisor: The per-label losses are summed and divided by it (official batch 60).
+        rng: CPU generator for every draw.
+        on_step: Progress hook ``on_step(step, steps, info)`` (KEDMI's).
+
+    Returns:
+        KEDMI's :class:`InversionResult` (``samples * N`` images, sample-major) with
+        ``attack="lomma_kedmi"``, ``losses`` the mean per-label ``prior + lambda_iden *
+        identity``, ``queries`` exactly ``(steps + samples) * N``, and ``extras["variant"]``
+        besides KEDMI's extras.
+
+    Raises:
+        AccessDenied: the oracle is not white-box.
+        TypeError: a target without a linear layer for a variant with the regulariser, a
+            ``lomma_surrogates`` that is not a :class:`LOMMASurrogates`, or a bad ``kedmi_gan``.
+        ValueError: an unknown variant, a negative ``lam``, surrogates that do not fit the
+            target, a ``feature_mean`` that does not match its features (at the first step), or
+            any of KEDMI's argument errors.
+
+    Example:
+        >>> from mibench_lib.oracle import TargetOracle
+        >>> from mibench_lib.testing import build_target_prior, tiny_classifier, tiny_digits
+        >>> target, public = tiny_classifier(), tiny_digits()[0][:64]
+        >>> gan, _ = build_target_prior(KEDMI_GAN, target, public)
+        >>> surrogates, _ = build_target_prior(LOMMA_SURROGATES, target, public)
+        >>> res = lomma_kedmi_attack(TargetOracle(target), torch.tensor([0, 3]), kedmi_gan=gan,
+        ...                          lomma_surrogates=surrogates, steps=2, samples=3,
+        ...                          rng=torch.Generator().manual_seed(0))
+        >>> res.attack, res.images.shape, res.queries
+        ('lomma_kedmi', torch.Size([6, 1, 8, 8]), 10)
+    """
+    if not oracle.is_white_box:
+        raise AccessDenied(
+            f"lomma_kedmi_attack needs the target's gradients and features (a 'white-box' "
+            f"oracle), got access {oracle.access!r}"
+        )
+    iden = _identity_for(oracle, lomma_surrogates, variant, lam)
+    with eval_mode(*lomma_surrogates.models):
+        result = kedmi_attack(
+            oracle,
+            labels,
+            kedmi_gan=kedmi_gan,
+            steps=steps,
+            lr=lr,
+            lambda_iden=lambda_iden,
+            samples=samples,
+            clip=clip,
+            identity_loss=iden,
+            batch_size=batch_size,
+            loss_divisor=loss_divisor,
+            rng=rng,
+            on_step=on_step,
+        )
+    return dataclasses.replace(
+        result, attack="lomma_kedmi", extras={**result.extras, "variant": variant}
+    )
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 class _IdentityLoss:
     """``identity_loss(images, labels)`` for the base attacks: one oracle query per call."""
@@ -860,5 +965,14 @@ SPEC_GMI = AttackSpec(
     quick={"steps": 3, "restarts": 2, "select": "best"},
 )
 
+#: LOMMA on KEDMI: KEDMI's GAN and the surrogates, both trained with the target's answers.
+SPEC_KEDMI = AttackSpec(
+    "lomma_kedmi",
+    lomma_kedmi_attack,
+    access="white-box",
+    needs=(KEDMI_GAN, LOMMA_SURROGATES),
+    quick={"steps": 3, "samples": 1},
+)
+
 #: Every LOMMA attack (the registry includes ``*lomma.SPECS``).
-SPECS: tuple[AttackSpec, ...] = (SPEC_GMI,)
+SPECS: tuple[AttackSpec, ...] = (SPEC_GMI, SPEC_KEDMI)
