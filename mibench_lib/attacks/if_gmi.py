@@ -294,6 +294,7 @@ def if_gmi_attack(
                     radii_features=r_f,
                     lr=float(lr),
                     betas=beta_pair,
+                    keep_stages=keep_stages,
                     on_step=on_step,
                 )
             )
@@ -483,12 +484,13 @@ def _search(
     radii_features: Sequence[float],
     lr: float,
     betas: tuple[float, float],
+    keep_stages: bool,
     on_step: StepCallback | None,
 ) -> tuple[Tensor, list[Tensor], list[float], list[float]]:
     """All stages for one chunk; adds each step's summed loss to ``loss_sums``.
 
-    Returns the final ``w``, each stage's final images (CPU), and each stage's largest L1
-    deviations of ``w`` and of the feature.
+    Returns the final ``w``, the final images (CPU) of each stage (``keep_stages``) or of the
+    last one, and each stage's largest L1 deviations of ``w`` and of the feature.
     """
     total = sum(steps)
     w = w0.detach().clone()
@@ -542,7 +544,8 @@ def _search(
         with torch.no_grad():
             w = w.detach()
             feature = None if feature is None else feature.detach()
-            images.append(_render(generator, w, feature, k).cpu())
+            if keep_stages or k == len(steps) - 1:
+                images.append(_render(generator, w, feature, k).cpu())
             w_dev.append(float(_l1_from(w, w_start).max()))
             f_dev.append(0.0 if k == 0 else float(_l1_from(feature, f_start).max()))
     return w, images, w_dev, f_dev
