@@ -168,9 +168,11 @@ class MinibatchDiscrimination(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, A) -> (N, A + B): the input with its B closeness scores appended."""
         m = (x @ self.T.view(self.in_features, -1)).view(-1, self.kernels, self.kernel_dims)
-        dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (N, N, B) L1 distances
-        closeness = torch.exp(-dist).sum(0) - 1  # minus the row's own exp(0)
-        return torch.cat([x, closeness], dim=1)
+        m = m.transpose(0, 1)  # (B, N, C)
+        # (B, N, N) L1 distances; cdist never materialises the (N, N, B, C) differences
+        dist = torch.cdist(m, m, p=1)
+        closeness = torch.exp(-dist).sum(2) - 1  # minus the row's own exp(0)
+        return torch.cat([x, closeness.T], dim=1)
 
 
 def _num_halvings(size: int) -> int:

@@ -419,7 +419,7 @@ def test_beats_random_latents_of_the_same_generator(
     acc = [
         float((check_model(x).argmax(1) == y).float().mean()) for x in (res.images, random_images)
     ]
-    # measured (1 thread): target 0.86 vs 0.20, check model 0.69 vs 0.24, check accuracy 0.78 vs 0.23
+    # measured (1 thread): target 0.85 vs 0.20, check model 0.74 vs 0.24, check accuracy 0.82 vs 0.22
     assert attack_t >= random_t + 0.3
     assert attack_c >= random_c + 0.2
     assert acc[0] >= acc[1] + 0.25
