@@ -82,7 +82,10 @@ seeds per identity. Deliberate differences:
   officially.
 - Evaluation (the official evaluator at 112 px, FID on evaluator-selected "successful" images,
   KNN distance) is not part of the attack; the final target query on the unaugmented images
-  (official ``score = T(fake)``) gives ``extras["target_prob"]``.
+  (official ``score = T(fake)``) gives ``extras["target_prob"]``. The official protocol attacks
+  300 identities (5 batches of 60) with 5 seeds each; here the caller's labels, ``samples`` each.
+- Addition: ``flip=False`` drops the horizontal flip from both augmentations (official: always
+  on), for classes that are not mirror-symmetric such as digits; a study that sets it says so.
 """
 
 from __future__ import annotations
@@ -187,7 +190,9 @@ def max_margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return others - label
 
 
-def make_augmentation(size: int | tuple[int, int], *, color_jitter_p: float = 1.0) -> nn.Module:
+def make_augmentation(
+    size: int | tuple[int, int], *, color_jitter_p: float = 1.0, flip: bool = True
+) -> nn.Module:
     """The official random augmentation, drawn independently per image (kornia).
 
     RandomResizedCrop to ``size`` (scale 0.8-1, aspect ratio 1), ColorJitter (brightness 0.2,
@@ -198,6 +203,8 @@ def make_augmentation(size: int | tuple[int, int], *, color_jitter_p: float = 1.
     Args:
         size: Output (H, W) (or one side of a square): the target's input size.
         color_jitter_p: Probability of the colour jitter.
+        flip: Include the horizontal flip (official True; a study may drop it for classes that
+            are not mirror-symmetric, such as digits, and say so).
 
     Returns:
         A module mapping (N, C, H, W) in [0, 1] to augmented (N, C, H, W) images, differentiable.
@@ -210,7 +217,7 @@ def make_augmentation(size: int | tuple[int, int], *, color_jitter_p: float = 1.
     return K.container.ImageSequential(
         K.RandomResizedCrop(hw, scale=(0.8, 1.0), ratio=(1.0, 1.0)),
         K.ColorJitter(brightness=0.2, contrast=0.2, p=color_jitter_p),
-        K.RandomHorizontalFlip(),
+        *([K.RandomHorizontalFlip()] if flip else []),
         K.RandomRotation(5.0),
     )
 
@@ -503,6 +510,7 @@ def build_plg_cgan(
     gen_features: int = 64,
     dis_features: int = 64,
     bottom_width: int = 4,
+    flip: bool = True,
     label_batch_size: int = 350,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train PLG-MI's pseudo label-guided conditional GAN for the target behind ``oracle``.
@@ -534,6 +542,8 @@ def build_plg_cgan(
         gen_features: Generator width (channels of its last block; official 64).
         dis_features: Discriminator width (channels of its first block; official 64).
         bottom_width: Side of the generator's first feature map (official 4).
+        flip: Horizontal flips among the generator step's augmentations (official True; see
+            :func:`make_augmentation`).
         label_batch_size: Public images per query batch of the top-n selection (official 350;
             changes memory only).
 
@@ -541,7 +551,7 @@ def build_plg_cgan(
         ``(tensors, meta)``: the generator's state dict under ``"generator."`` keys, and its
         architecture, the settings and the loss histories (means over windows of
         ``meta["log_every"]`` iterations: ``"d_loss"``, ``"g_loss"`` (total), ``"adv_loss"``,
-        ``"inv_loss"`` (NaN when ``alpha == 0``)), plus pseudo-label statistics
+        ``"inv_loss"`` (``None`` when ``alpha == 0``)), plus pseudo-label statistics
         (``"unique_images"`` among the ``K * top_n`` picks, ``"mean_top_prob"``).
 
     Raises:
@@ -587,6 +597,7 @@ def build_plg_cgan(
     image_shape = tuple(int(s) for s in oracle.input_shape)
     _square_shape(image_shape)
     _blocks_for(image_shape[1], bottom_width, "generator")
+    _blocks_for(image_shape[1], 2, "discriminator")
     check_target(oracle.module)
     device = torch.device(device)
 
@@ -620,11 +631,11 @@ def build_plg_cgan(
         g_params, d_params = list(gen.parameters()), list(dis.parameters())
         opt_g = torch.optim.Adam(g_params, lr=lr, betas=beta_pair)
         opt_d = torch.optim.Adam(d_params, lr=lr, betas=beta_pair)
-        augment = make_augmentation(image_shape[1], color_jitter_p=0.5)
+        augment = make_augmentation(image_shape[1], color_jitter_p=0.5, flip=bool(flip))
         sampler = _EpochSampler(len(train_y), rng)
         log_every = max(1, iterations // 300)
         keys = ("d_loss", "g_loss", "adv_loss", "inv_loss")
-        history: dict[str, list[float]] = {k: [] for k in keys}
+        history: dict[str, list[float | None]] = {k: [] for k in keys}
         window = dict.fromkeys(keys, 0.0)
 
         def draw() -> tuple[Tensor, Tensor]:
@@ -642,7 +653,7 @@ def build_plg_cgan(
             opt_g.step()
             window["g_loss"] += float(total.detach())
             window["adv_loss"] += float(adv.detach())
-            window["inv_loss"] += math.nan if inv is None else float(inv.detach())
+            window["inv_loss"] += 0.0 if inv is None else float(inv.detach())
             # n_dis discriminator steps: pseudo-labelled public images vs fresh fakes, no target
             for _ in range(n_dis):
                 z, y = draw()
@@ -662,6 +673,8 @@ def build_plg_cgan(
                 for k in keys:
                     history[k].append(window[k] / count)
                     window[k] = 0.0
+                if alpha == 0:
+                    history["inv_loss"][-1] = None  # the target was not queried
 
     state = {f"generator.{k}": v.detach().cpu() for k, v in gen.state_dict().items()}
     meta = {
@@ -678,6 +691,7 @@ def build_plg_cgan(
         "lr": float(lr),
         "betas": list(beta_pair),
         "alpha": float(alpha),
+        "flip": bool(flip),
         "log_every": int(log_every),
         "unique_images": int(index.unique().numel()),
         "mean_top_prob": float(prob.gather(0, index.T).mean()),
@@ -735,6 +749,7 @@ def plg_mi_attack(
     lr: float = 0.1,
     views: int = 2,
     samples: int = 5,
+    flip: bool = True,
     batch_size: int | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
@@ -762,6 +777,8 @@ def plg_mi_attack(
         lr: Adam learning rate (official 0.1).
         views: Augmented views per latent and step whose losses are summed (official 2).
         samples: Latents per label entry (official 5, one per seed).
+        flip: Horizontal flips among the views' augmentations (official True; see
+            :func:`make_augmentation`).
         batch_size: Most latents optimised together; ``None``: all of them. Chunks run one after
             another, each with its own Adam state.
         rng: CPU generator for the initial latents and the seed of the augmentation draws
@@ -820,7 +837,7 @@ def plg_mi_attack(
     y = labels.repeat(samples).to(device)  # sample-major, matching z below
     z_init = torch.randn(m, generator.latent_dim, generator=rng)  # on CPU: device-independent
     aug_seed = int(torch.randint(0, 2**62, (), generator=rng))
-    augment = make_augmentation(tuple(oracle.input_shape[1:]))
+    augment = make_augmentation(tuple(oracle.input_shape[1:]), flip=bool(flip))
     chunk = m if batch_size is None else batch_size
     loss_sums = torch.zeros(steps, dtype=torch.float64)
     finals: list[tuple[Tensor, ...]] = []

@@ -123,6 +123,8 @@ def test_two_augmentation_calls_differ_and_keep_the_size():
     assert a.shape == b.shape == x.shape
     assert not torch.equal(a, b)
     assert not torch.equal(a, x)
+    kinds = [type(m).__name__ for m in make_augmentation(8, flip=False).children()]
+    assert kinds == ["RandomResizedCrop", "ColorJitter", "RandomRotation"]
 
 
 # -- stage 2: the conditional GAN -------------------------------------------------------------------
@@ -186,6 +188,7 @@ def test_alpha_adds_the_target_margin_to_the_generator_loss(small_public):
     _, meta2, q2 = _build(target, small_public, iterations=1, alpha=0.2)
     # same seed, same first generator step: only the alpha term differs
     assert meta0["adv_loss"] == meta2["adv_loss"] and meta0["g_loss"] == meta0["adv_loss"]
+    assert meta0["inv_loss"] == [None]
     assert meta2["g_loss"][0] != meta0["g_loss"][0]
     assert meta2["g_loss"][0] == pytest.approx(meta2["adv_loss"][0] + 0.2 * meta2["inv_loss"][0])
     assert q0 == len(small_public) and q2 == len(small_public) + PLG_CGAN.quick["batch_size"]
