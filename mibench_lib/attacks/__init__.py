@@ -14,7 +14,17 @@ registry: adding an attack is one file, one line here and one test file.
 
 from __future__ import annotations
 
-from mibench_lib.attacks import brep_mi, deepinversion, gmi, miface
+from mibench_lib.attacks import (
+    brep_mi,
+    deepinversion,
+    gmi,
+    if_gmi,
+    kedmi,
+    lomma,
+    miface,
+    plg_mi,
+    vmi,
+)
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import PUBLIC_NEEDS, AttackSpec, TargetPrior
 from mibench_lib.attacks.brep_mi import brep_mi_attack
@@ -44,6 +54,11 @@ SPECS: dict[str, AttackSpec] = {
         brep_mi.SPEC,
         miface.SPEC,
         deepinversion.SPEC,
+        kedmi.SPEC,
+        plg_mi.SPEC,
+        *lomma.SPECS,
+        vmi.SPEC,
+        if_gmi.SPEC,
     )
 }
 
