@@ -343,13 +343,16 @@ def generator_loss(
 
 
 # -------------------------------------------------------------------------- the GAN (a prior)
-def query_soft_labels(oracle: TargetOracle, images: Tensor, *, batch_size: int = 256) -> Tensor:
+def query_soft_labels(
+    oracle: TargetOracle, images: Tensor | ImageSet, *, batch_size: int = 256
+) -> Tensor:
     """The target's probabilities on ``images``, one query per image, in batches, on the CPU.
 
     Args:
         oracle: At access ``"probabilities"`` (or richer: ``"logits"`` and ``"white-box"``
             answers are put through a softmax).
-        images: (N, C, H, W) in [0, 1].
+        images: (N, C, H, W) in [0, 1], or an :class:`~mibench_lib.data.ImageSet` (read batch
+            by batch, so uint8 sets are never converted whole; labels ignored).
         batch_size: Images per query batch.
 
     Returns:
@@ -366,9 +369,14 @@ def query_soft_labels(oracle: TargetOracle, images: Tensor, *, batch_size: int =
     out = []
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
-            answer = oracle(images[lo : lo + batch_size]).detach().float()
+            answer = oracle(_rows(images, slice(lo, lo + batch_size))).detach().float()
             out.append(answer if oracle.access == "probabilities" else F.softmax(answer, dim=1))
     return torch.cat(out).cpu()
+
+
+def _rows(images: Tensor | ImageSet, index: Tensor | slice) -> Tensor:
+    """Rows ``index`` of a tensor or an ImageSet, as float images in [0, 1]."""
+    return images[index][0] if isinstance(images, ImageSet) else images[index]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -522,26 +530,25 @@ def build_kedmi_gan(
     generator.to(device).train()
     discriminator.to(device).train()
 
-    images = public.images
-    soft = query_soft_labels(oracle, images).to(device)  # the only queries: one per image
-    queries = len(images)
+    soft = query_soft_labels(oracle, public).to(device)  # the only queries: one per image
+    queries = len(public)
 
     rng = torch.Generator().manual_seed(seed)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=beta_pair)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=beta_pair)
     g_params = list(generator.parameters())
     d_params = list(discriminator.parameters())
-    per_epoch = len(images) // batch_size
+    per_epoch = len(public) // batch_size
     history: dict[str, list[float]] = {
         k: [] for k in ("d_loss", "labelled", "unlabelled", "g_loss", "feature_matching")
     }
     d_steps = g_steps = 0
     bar = tqdm(total=epochs * per_epoch, desc="KEDMI GAN", disable=not progress, leave=False)
     for _ in range(epochs):
-        orders = [torch.randperm(len(images), generator=rng) for _ in range(3)]
+        orders = [torch.randperm(len(public), generator=rng) for _ in range(3)]
         for b in range(per_epoch):
             lab_i, unl_i, unl2_i = (o[b * batch_size : (b + 1) * batch_size] for o in orders)
-            x_lab, x_unl = images[lab_i].to(device), images[unl_i].to(device)
+            x_lab, x_unl = _rows(public, lab_i).to(device), _rows(public, unl_i).to(device)
             z = torch.randn(batch_size, latent_dim, generator=rng).to(device)
             with torch.no_grad():
                 fake = generator(z)
@@ -559,7 +566,7 @@ def build_kedmi_gan(
                 g_loss, g_parts = generator_loss(
                     discriminator,
                     generator(z),
-                    images[unl2_i].to(device),
+                    _rows(public, unl2_i).to(device),
                     entropy_weight=entropy_weight,
                 )
                 _adam_step(opt_g, g_params, g_loss)
