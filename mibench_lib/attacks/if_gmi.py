@@ -1,5 +1,5 @@
-"""Intermediate-feature GMI (IF-GMI): Qiu, Fang, Yu, Mao, Chen, Chen, Wang and Xia, "A Closer Look at
-GAN Priors: Exploiting Intermediate Features for Enhanced Model Inversion Attacks", ECCV 2024,
+"""Intermediate-feature GMI (IF-GMI): Qiu, Fang, Yu, Chen, Qiu and Xia, "A Closer Look at GAN
+Priors: Exploiting Intermediate Features for Enhanced Model Inversion Attacks", ECCV 2024,
 https://arxiv.org/abs/2407.13863.
 
 Algorithm. A GAN trained on public data is split into its synthesis stages: the *stem* (layer 0,
@@ -42,7 +42,8 @@ from ``rng`` before the search, so chunking the batch (``batch_size``) does not 
 
 Relation to the official code (final-solution/IF-GMI: ``attacks/optimize.py``,
 ``attacks/initial_selection.py``, ``utils/stylegan.py``, ``losses/poincare.py``, the configs
-``configs/ffhq_celeba/*.yaml``); defaults are the FFHQ -> CelebA configuration's:
+``configs/ffhq_celeba/*.yaml``); defaults are the FFHQ -> CelebA configuration's
+(:data:`OFFICIAL_SETTINGS` lists the others):
 
 - **Generator.** The official prior is a StyleGAN2 whose blocks all read ``w`` (one 512-d vector
   repeated over the layers, ``single_w``) and whose mapping applies truncation (psi 0.5, cutoff 8)
@@ -75,7 +76,7 @@ Relation to the official code (final-solution/IF-GMI: ``attacks/optimize.py``,
   (one scale draw and, when the crop is smaller than the image, two offset draws per step, up to
   10 attempts as torchvision's, then its center-crop fallback).
 - **Loss scaling.** The official loss is the *mean* Poincare loss over the batch on the GPUs
-  (4 per GPU in the configs); here the per-sample losses are *summed*, so every sample's update
+  (4 or 5 per GPU in the configs); here the per-sample losses are *summed*, so every sample's update
   depends on its own loss only, whatever the batch or chunk size. Adam's update does not depend
   on the loss scale except through its ``eps`` (1e-8), so this is the official search.
 - **Reported images.** The official script keeps each stage's images from the *start* of its
@@ -85,6 +86,8 @@ Relation to the official code (final-solution/IF-GMI: ``attacks/optimize.py``,
   ``keep_stages=True`` returns every stage's images too (so a study can show the progression,
   or pick a stage with the target only).
 - The official config key ``attack.num_epochs`` is never read there and has no counterpart.
+- Protocol: the official scripts attack every class with 50 samples each; here the caller's
+  ``labels`` (each entry gets ``samples`` images, all returned, none selected afterwards).
 - The official pool is drawn with NumPy's ``RandomState(seed)``; here from ``rng``, first of
   all draws (``torch.randn(pool, latent_dim, generator=rng)``), then the crops.
 - Gradients are taken with respect to the search tensors only (``torch.autograd.grad``), so the
@@ -98,6 +101,7 @@ import math
 import numbers
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,10 +115,34 @@ from mibench_lib.byo import check_generator, check_target
 from mibench_lib.generators.base import Generator
 from mibench_lib.oracle import AccessDenied, TargetOracle
 
-__all__ = ["if_gmi_attack", "poincare_loss", "project_l1_ball"]
+__all__ = [
+    "OFFICIAL_RADII",
+    "OFFICIAL_SETTINGS",
+    "if_gmi_attack",
+    "poincare_loss",
+    "project_l1_ball",
+]
 
 #: The official radii (``max_radius_w`` and ``max_radius_mid_vecor``), one per stage.
 OFFICIAL_RADII: tuple[float, ...] = (1000, 2000, 3000, 4000, 5000, 6000, 8000, 8000)
+
+#: Keyword arguments of the official configurations (``configs/<prior>_<target data>/*.yaml``);
+#: the others (radii, betas (0.1, 0.1), 50 samples) are shared. Their stage counts assume
+#: StyleGAN2's 9 synthesis blocks: a generator with fewer blocks takes a shorter ``steps``.
+#: ``"ffhq_celeba"`` equals the defaults.
+OFFICIAL_SETTINGS: dict[str, dict[str, Any]] = {
+    "ffhq_celeba": {"steps": (70, 25, 25, 25, 25), "pool": 5000, "lr": 0.005},
+    "metfaces_celeba": {"steps": (70,) + (25,) * 7, "pool": 5000, "lr": 0.005},
+    # FFHQ and MetFaces priors alike
+    "facescrub": {"steps": (50,) + (10,) * 7, "pool": 2000, "lr": 0.005},
+    # no center crop there, a wider crop range and a larger step
+    "afhq_stanford_dogs": {
+        "steps": (100,) + (10,) * 6,
+        "pool": 2000,
+        "lr": 0.01,
+        "crop_scale": (0.75, 1.0),
+    },
+}
 
 #: PPA's offset of the one-hot target away from the boundary of the Poincare ball.
 _XI = 1e-4

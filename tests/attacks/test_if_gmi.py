@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from torch import Tensor, nn
 
 from mibench_lib.attacks import if_gmi
 from mibench_lib.attacks.if_gmi import (
+    OFFICIAL_RADII,
+    OFFICIAL_SETTINGS,
     SPEC,
     _crop,
     _draw_crop,
@@ -383,3 +386,14 @@ def test_a_generator_needs_the_generator_interface_and_enough_blocks(digits_targ
 def test_spec_quick_run_fits_every_shared_generator():
     assert SPEC.name == "if_gmi" and SPEC.access == "white-box" and SPEC.needs == ("generator",)
     assert len(SPEC.quick["steps"]) == 2  # a BYO tanh generator has one block: two stages
+
+
+def test_the_defaults_are_the_ffhq_celeba_configuration():
+    params = inspect.signature(if_gmi_attack).parameters
+    for setting in OFFICIAL_SETTINGS.values():
+        assert set(setting) <= set(params)
+    defaults = {k: params[k].default for k in OFFICIAL_SETTINGS["ffhq_celeba"]}
+    assert defaults == OFFICIAL_SETTINGS["ffhq_celeba"]
+    assert params["samples"].default == 50 and tuple(params["betas"].default) == (0.1, 0.1)
+    assert params["radii_w"].default == params["radii_features"].default == OFFICIAL_RADII
+    assert params["crop_scale"].default == (0.9, 1.0) and params["keep_stages"].default is False
