@@ -79,7 +79,8 @@ seeds per identity. Deliberate differences:
   depend on how many share its batch (Adam's update is invariant to that scale but for its
   ``eps``). Chunking with ``batch_size`` changes which augmentation draw each image gets, not the
   search. Colour jitter is always applied in the attack and with probability 1/2 in training, as
-  officially.
+  officially (kornia 0.6.6 there, whose ``ColorJitter`` already followed torchvision's
+  definition, as the installed kornia's does).
 - Evaluation (the official evaluator at 112 px, FID on evaluator-selected "successful" images,
   KNN distance) is not part of the attack; the final target query on the unaugmented images
   (official ``score = T(fake)``) gives ``extras["target_prob"]``. The official protocol attacks
