@@ -224,3 +224,47 @@ def test_reused_runs_equal_recomputed_runs(tmp_path):
     assert "same_run_as" not in recomputed
     metrics = ["acc1", "acc5", "delta_eval", "delta_face", "target_acc", "queries"]
     pd.testing.assert_frame_equal(reused[metrics], recomputed[metrics])
+
+
+#: The tiny leaderboard's settings of the attacks that train target priors.
+_LEADERBOARD_TINY = ROOT / "parameters" / "leaderboard" / "tiny.yaml"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("study", ["defenses", "predictive_power"])
+def test_a_study_takes_any_registered_attack_by_name(study, tmp_path):
+    """Naming an attack in a parameter file is all it takes, target priors included."""
+    tiny = load_parameters(_LEADERBOARD_TINY, ROOT / "notebooks" / "leaderboard.ipynb")
+    new = ["kedmi", "plg_mi"]
+    overrides = {
+        "cache_dir": str(tmp_path / "cache"),
+        "attacks": new,
+        "attack_kwargs": {a: tiny["attack_kwargs"][a] for a in new},
+        "prior_kwargs": {p: tiny["prior_kwargs"][p] for p in ("kedmi_gan", "plg_cgan")},
+    }
+    if study == "defenses":
+        overrides["defenses"] = [
+            {"name": "none"},
+            {"name": "mid", "kwargs": {"beta": 0.01}},
+            {"name": "rounding", "kwargs": {"decimals": 1}},
+        ]
+        overrides["fisher"] = False
+    out = run_config(
+        ROOT / "parameters" / study / "tiny.yaml",
+        out_root=tmp_path / "out",
+        overrides=overrides,
+        progress=False,
+        timeout_s=600,
+    )
+    df = pd.read_csv(out / "results.csv")
+    runs = df[df["attack"].isin(new)]
+    assert set(runs["attack"]) == set(new)
+    assert (runs["prior_queries"] > 0).all() and runs["acc1"].map(math.isfinite).all()
+    if study == "defenses":
+        assert set(runs["defense"]) == {"none", "mid", "rounding"}
+        # each trained target (none, mid) gets its own priors; rounding deploys none's weights
+        for prior in ("kedmi_gan", "plg_cgan"):
+            assert len(list((tmp_path / "cache" / f"prior_{prior}").glob("*.safetensors"))) == 2
+        by = runs.set_index(["defense", "attack"])
+        # a white-box attacker holds the undefended model behind an output defense: same run
+        assert by.loc[("rounding", "kedmi"), "same_run_as"] == "none"
