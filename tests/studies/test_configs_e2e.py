@@ -30,6 +30,7 @@ import pytest
 import yaml
 from filelock import FileLock
 
+from mibench_lib.attacks import SPECS
 from mibench_lib.studies.params import load_parameters
 from mibench_lib.studies.runner import MARKER, RunFailedError, run_config
 from mibench_lib.testing import make_celeba_fixture, make_classifier_weights, make_inception_weights
@@ -90,6 +91,19 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     },
     "miface": {"max_iter": 2, "window": 1},
     "deepinversion": {"iterations": 2},
+    "kedmi": {"steps": 1, "samples": 2},
+    "plg_mi": {"steps": 1, "samples": 2},
+    "lomma_gmi": {"steps": 1, "restarts": 2},
+    "lomma_kedmi": {"steps": 1, "samples": 2},
+    "vmi": {"iterations": 1, "samples_per_step": 2, "samples": 2},
+    "if_gmi": {"steps": [1, 1], "pool": 8, "samples": 2},
+}
+# Target priors (trained with the target's answers) get the same cut, whether or not the file
+# sets their keyword arguments (their defaults are the papers' budgets).
+PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
+    "kedmi_gan": {"epochs": 1},
+    "plg_cgan": {"iterations": 2, "top_n": 4},
+    "lomma_surrogates": {"epochs": 1},
 }
 # Chunk sizes the file sets for GPU memory (GMI/MIFace batch_size: 500 of 5000 entries) are cut
 # below the fixture's entry count, so the chunked path runs here too.
@@ -187,6 +201,13 @@ def reduced_overrides(raw: dict[str, Any], ws: dict[str, Path]) -> dict[str, Any
             if key in kwargs:
                 kwargs[key] = min(kwargs[key], CHUNK)
         over["attack_kwargs"][name] = kwargs
+    priors = {p.name for a in raw["attacks"] for p in SPECS[a].target_priors}
+    missing = priors - set(PRIOR_BUDGETS)
+    assert not missing, f"add the target priors {sorted(missing)} to PRIOR_BUDGETS"
+    if priors:
+        over["prior_kwargs"] = {
+            p: {**raw.get("prior_kwargs", {}).get(p, {}), **PRIOR_BUDGETS[p]} for p in priors
+        }
     if "at_kwargs" in raw:
         over["at_kwargs"] = {**raw["at_kwargs"], **AT_BUDGETS}
     if "eps_grid" in raw:  # one radius per norm: every norm's code path, fewer targets
@@ -270,7 +291,9 @@ def test_config_runs_end_to_end_on_fixture_data(
     for col in metrics:
         assert df[col].map(math.isfinite).all(), (col, df[["attack", col, "unavailable"]])
     # PRDC needs k + 1 = 4 images per class: a class with fewer is skipped, and says so
-    said = df["prdc_skipped"].fillna("").ne("") | df["unavailable"].fillna("").str.contains("PRDC")
+    said = df["prdc_skipped"].astype(object).fillna("").ne("") | df["unavailable"].astype(
+        object
+    ).fillna("").astype(str).str.contains("PRDC")
     scored = df["precision"].map(math.isfinite) | said
     assert scored.all(), df[["attack", "precision", "prdc_skipped"]]
     if (
@@ -281,7 +304,8 @@ def test_config_runs_end_to_end_on_fixture_data(
         assert df.loc[df["attack"] == "gmi", "precision"].map(math.isfinite).all()
     figures = sorted(p.name for p in out.glob("fig_*.png"))
     assert any(f.startswith("fig_reconstructions") for f in figures), figures
-    assert (out / "table_results_mean_std.csv").exists()
+    main_table = "leaderboard" if study == "leaderboard" else "results_mean_std"
+    assert (out / f"table_{main_table}.csv").exists()
     if params.get("inception_weights"):
         assert df["fid_inception"].map(math.isfinite).all(), df["unavailable"]
         assert set(df["prdc_features"]) == {"inception"}
