@@ -71,7 +71,8 @@ gan_train = {"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
 
 # Attacks
 seeds = [0, 1, 2]  # one target training run and one attack run per seed
-attacks = ["gmi", "brep_mi", "miface", "deepinversion"]  # keys of mibench_lib.attacks.ATTACKS
+attacks = ["gmi", "brep_mi", "miface", "deepinversion", "kedmi", "plg_mi", "lomma_gmi",
+           "lomma_kedmi", "vmi", "if_gmi"]  # keys of mibench_lib.attacks.ATTACKS  # fmt: skip
 baselines = ["random_latent", "blank_image", "mean_public"]  # scored like attacks, no queries
 attack_kwargs = {
     "gmi": {"steps": 1500, "lr": 0.01, "loss_divisor": 5, "restarts": 5, "select": "all"},
@@ -82,8 +83,20 @@ attack_kwargs = {
         "warmup": 0, "clip": False, "jitter": 2, "flip": False, "r_feature": 10.0,
         "first_bn_multiplier": 1.0, "tv_l2": 2.5e-5, "l2": 0.0, "mean": 0.5, "std": 0.5,
     },
+    "kedmi": {"steps": 2400, "lr": 0.02, "samples": 5},
+    "plg_mi": {"steps": 600, "lr": 0.1, "samples": 5, "flip": False},
+    "lomma_gmi": {"steps": 2400, "lr": 0.02, "loss_divisor": 60, "restarts": 5, "select": "all"},
+    "lomma_kedmi": {"steps": 2400, "lr": 0.02, "samples": 5},
+    "vmi": {"iterations": 300, "lr": 0.002, "samples_per_step": 64, "samples": 5},
+    "if_gmi": {"steps": [70, 25, 25, 25], "pool": 5000, "samples": 5},
 }  # fmt: skip
-prior_kwargs = {}  # target prior -> keyword arguments of its build (attacks' TargetPrior)
+prior_kwargs = {
+    "kedmi_gan": {"latent_dim": 100, "width": 8, "critic_width": 8, "mbd_kernels": 16,
+                  "mbd_kernel_dims": 10, "epochs": 40},
+    "plg_cgan": {"top_n": 30, "iterations": 1000, "latent_dim": 128, "gen_features": 16,
+                 "dis_features": 16, "flip": False},
+    "lomma_surrogates": {"epochs": 20},
+}  # target prior -> keyword arguments of its build (attacks' TargetPrior)  # fmt: skip
 query_budgets = {}  # attack -> maximum number of target queries (absent: unlimited)
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
 progress = True  # progress bars
