@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from mibench_lib.attacks import SPECS
 from mibench_lib.cache import ArtifactCache
 from mibench_lib.metrics.features import predict_logits
 from mibench_lib.seeding import resolve_device, seed_everything
@@ -50,6 +51,7 @@ from mibench_lib.studies.jobs import (
     load_target,
     observation_key,
     run_tag,
+    train_target_prior,
 )
 from mibench_lib.studies.pool import StudyPool, default_workers
 from mibench_lib.studies.records import append_rows, completed_keys, save_figure, save_table
@@ -230,6 +232,8 @@ class Study:
         futures: dict[Any, dict[str, Any]] = {}
         first: dict[Any, Arm] = {}
         same: list[tuple[Arm, str, Arm]] = []
+        priors: dict[str, Any] = {}  # (variant, target, prior) -> its training job
+        todo: list[tuple[Arm, str, tuple[Any, ...]]] = []
         for name in attack_order([*self.baselines, *self.attacks]):
             for arm in arms:
                 if name in self.baselines and not arm.baselines:
@@ -246,18 +250,29 @@ class Study:
                     continue
                 first[observed] = arm
                 if row_key not in done:
-                    job = self.pool.submit_in(
-                        arm.variant,
-                        attack_target,
-                        arm.ref,
-                        name,
-                        seed=arm.seed,
-                        tag=self._tags[row_key],
-                        through_defense=arm.through_defense,
+                    todo.append((arm, name, row_key))
+        # Target priors first, each trained once (side by side), ahead of the runs that need them.
+        for arm, name, _ in todo:
+            for prior in SPECS[name].target_priors if name in SPECS else ():
+                where = repr((arm.variant, arm.ref, prior.name))
+                if where not in priors:
+                    priors[where] = self.pool.submit_in(
+                        arm.variant, train_target_prior, arm.ref, prior.name
                     )
-                    futures[job] = {**arm.key, **arm.columns}
+        for arm, name, row_key in todo:
+            job = self.pool.submit_in(
+                arm.variant,
+                attack_target,
+                arm.ref,
+                name,
+                seed=arm.seed,
+                tag=self._tags[row_key],
+                through_defense=arm.through_defense,
+            )
+            futures[job] = {**arm.key, **arm.columns}
         for columns, row in self.pool.results(futures, desc=desc, progress=self.progress):
             append_rows(self.out, [{**columns, **row}])
+        self.pool.wait(priors.values())  # done by now; raises if one failed
         copied = self._copy_same_runs(same, key_cols, done)
         df = pd.read_csv(self.out / "results.csv").sort_values(key_cols, ignore_index=True)
         if copied:

@@ -23,9 +23,15 @@ from mibench_lib.artifacts import (
     cached_defended_target,
     cached_target_checkpoints,
 )
-from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS
+from mibench_lib.attacks import ATTACK_ACCESS, ATTACK_NEEDS, SPECS
 from mibench_lib.defenses import defended_oracle, effective_access, robust_accuracy
-from mibench_lib.studies.harness import ARTIFACTS, BASELINE, StudySetting, attack_and_score
+from mibench_lib.studies.harness import (
+    ARTIFACTS,
+    BASELINE,
+    StudySetting,
+    attack_and_score,
+    build_target_prior,
+)
 
 __all__ = [
     "TargetRef",
@@ -166,6 +172,17 @@ def attack_target(
             budget=setting.query_budgets.get(attack),
         )
     return attack_and_score(setting, attack, _model(target), seed=seed, tag=tag, oracle=oracle)
+
+
+def train_target_prior(setting: StudySetting, ref: TargetRef, prior: str) -> None:
+    """Train (or load) the target prior named ``prior`` for ``ref``'s model, into the cache.
+
+    A pool job: the study queues one per (target, prior) before the attack runs that need it, so
+    different priors train side by side instead of each attack's first run training them in turn.
+    """
+    target = _model(load_target(setting, ref))
+    found = next(p for spec in SPECS.values() for p in spec.target_priors if p.name == prior)
+    build_target_prior(setting, found, target)
 
 
 def target_robust_accuracy(
