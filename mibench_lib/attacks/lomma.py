@@ -655,12 +655,7 @@ def lomma_gmi_attack(
         >>> res.attack, res.images.shape, res.queries
         ('lomma_gmi', torch.Size([4, 1, 8, 8]), 12)
     """
-    if not oracle.is_white_box:
-        raise AccessDenied(
-            f"lomma_gmi_attack needs the target's gradients and features (a 'white-box' "
-            f"oracle), got access {oracle.access!r}"
-        )
-    iden = _identity_for(oracle, lomma_surrogates, variant, lam)
+    iden = _identity_for("lomma_gmi_attack", oracle, lomma_surrogates, variant, lam)
     with eval_mode(*lomma_surrogates.models):
         result = gmi_attack(
             oracle,
@@ -761,12 +756,7 @@ def lomma_kedmi_attack(
         >>> res.attack, res.images.shape, res.queries
         ('lomma_kedmi', torch.Size([6, 1, 8, 8]), 10)
     """
-    if not oracle.is_white_box:
-        raise AccessDenied(
-            f"lomma_kedmi_attack needs the target's gradients and features (a 'white-box' "
-            f"oracle), got access {oracle.access!r}"
-        )
-    iden = _identity_for(oracle, lomma_surrogates, variant, lam)
+    iden = _identity_for("lomma_kedmi_attack", oracle, lomma_surrogates, variant, lam)
     with eval_mode(*lomma_surrogates.models):
         result = kedmi_attack(
             oracle,
@@ -820,9 +810,14 @@ class _IdentityLoss:
 
 
 def _identity_for(
-    oracle: TargetOracle, surrogates: object, variant: str, lam: float
+    attack: str, oracle: TargetOracle, surrogates: object, variant: str, lam: float
 ) -> _IdentityLoss:
-    """Check the LOMMA arguments (no query) and build the identity loss."""
+    """Check the oracle's access and the LOMMA arguments (no query); build the identity loss."""
+    if not oracle.is_white_box:
+        raise AccessDenied(
+            f"{attack} needs the target's gradients and features (a 'white-box' oracle), got "
+            f"access {oracle.access!r}"
+        )
     spec = _variant(variant)
     _check_lam(lam)
     if not isinstance(surrogates, LOMMASurrogates):
