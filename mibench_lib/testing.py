@@ -19,7 +19,7 @@ from mibench_lib.generators.base import Generator
 from mibench_lib.models.base import Classifier
 
 if TYPE_CHECKING:
-    from mibench_lib.attacks._spec import TargetPrior
+    from mibench_lib.attacks._spec import AttackSpec, PublicPrior, TargetPrior
 
 
 class TinyClassifier(Classifier):
@@ -353,3 +353,80 @@ def build_target_prior(
     )
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     return prior.load(tensors, json.loads(json.dumps(meta)), torch.device("cpu")), oracle.queries
+
+
+def build_public_prior(
+    prior: PublicPrior,
+    public: Tensor,
+    public_labels: Tensor | None = None,
+    *,
+    seed: int = 0,
+    **overrides: Any,
+) -> Any:
+    """Build ``prior`` from public images as a study does, with its quick settings, on the CPU.
+
+    Args:
+        prior: The :class:`~mibench_lib.attacks.PublicPrior` to build.
+        public: (N, C, H, W) public images in [0, 1].
+        public_labels: (N,) their own labels (None: -1, unlabelled).
+        seed: The study's model seed.
+        **overrides: Build keyword arguments replacing ``prior.quick``'s.
+
+    Returns:
+        What the attack receives (after the cache's round trip of tensors and JSON metadata).
+    """
+    from mibench_lib.data._types import ImageSet
+
+    if public_labels is None:
+        public_labels = torch.full((len(public),), -1, dtype=torch.int64)
+    tensors, meta = prior.build(
+        ImageSet(public, public_labels),
+        seed=seed,
+        device=torch.device("cpu"),
+        progress=False,
+        **{**prior.quick, **overrides},
+    )
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    return prior.load(tensors, json.loads(json.dumps(meta)), torch.device("cpu"))
+
+
+def attack_needs(
+    spec: AttackSpec,
+    target: nn.Module,
+    public: Tensor,
+    public_labels: Tensor | None = None,
+    *,
+    provided: dict[str, Any] | None = None,
+    private: Tensor | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Every keyword argument ``spec`` takes from its needs, built as a study builds them (quick).
+
+    Args:
+        spec: The attack.
+        target: The target its :class:`~mibench_lib.attacks.TargetPrior` s are trained against.
+        public: Public images for its priors; ``public_labels`` their labels (None: unlabelled).
+        provided: The study's public artifacts by name (``"generator"``, ``"discriminator"``).
+        private: (N, C, H, W) private images, one per label entry the attack will invert, for
+            ``"masked_private"`` (their centres are hidden before the attack sees them).
+
+    Returns:
+        The keyword arguments, and the target queries its target priors made.
+    """
+    from mibench_lib.attacks._masked import mask_images
+
+    provided = dict(provided or {})
+    needs: dict[str, Any] = {}
+    for name in spec.public_needs:
+        if name == "masked_private":
+            if private is None:
+                raise ValueError(f"{spec.name} needs masked private images: pass private=")
+            needs[name] = mask_images(private)
+        else:
+            needs[name] = provided[name]
+    for prior in spec.public_priors:
+        needs[prior.name] = build_public_prior(prior, public, public_labels)
+    queries = 0
+    for prior in spec.target_priors:
+        needs[prior.name], spent = build_target_prior(prior, target, public)
+        queries += spent
+    return needs, queries

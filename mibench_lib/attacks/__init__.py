@@ -26,7 +26,7 @@ from mibench_lib.attacks import (
     vmi,
 )
 from mibench_lib.attacks._result import InversionResult, StepCallback
-from mibench_lib.attacks._spec import PUBLIC_NEEDS, AttackSpec, TargetPrior
+from mibench_lib.attacks._spec import PUBLIC_NEEDS, AttackSpec, PublicPrior, TargetPrior
 from mibench_lib.attacks.brep_mi import brep_mi_attack
 from mibench_lib.attacks.gmi import gmi_attack
 from mibench_lib.attacks.miface import miface_attack
@@ -39,6 +39,7 @@ __all__ = [
     "SPECS",
     "AttackSpec",
     "InversionResult",
+    "PublicPrior",
     "StepCallback",
     "TargetPrior",
     "brep_mi_attack",

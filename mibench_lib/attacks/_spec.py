@@ -27,10 +27,13 @@ from torch import Tensor
 from mibench_lib.attacks._result import InversionResult
 from mibench_lib.oracle import ACCESS_LEVELS
 
-__all__ = ["PUBLIC_NEEDS", "AttackSpec", "TargetPrior"]
+__all__ = ["PUBLIC_NEEDS", "AttackSpec", "PublicPrior", "TargetPrior"]
 
 #: Public artifacts every study setting provides, by the keyword an attack receives them under.
-PUBLIC_NEEDS: tuple[str, ...] = ("generator", "discriminator")
+#: ``"masked_private"`` is the partial-image threat model's knowledge (SecretGen): for each label
+#: entry, one private training image of that class with its centre hidden
+#: (:class:`~mibench_lib.attacks._masked.MaskedImages`).
+PUBLIC_NEEDS: tuple[str, ...] = ("generator", "discriminator", "masked_private")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,32 @@ class TargetPrior:
 
 
 @dataclass(frozen=True)
+class PublicPrior:
+    """An artifact an attack trains from public data only, before it sees any target.
+
+    The target is never queried while it is built, so it is cached by the public data and its
+    keyword arguments alone and shared by every target and every attack that names it (Mirror's
+    and C2FMI's style-based generator, C2FMI's embedding network, SecretGen's inpainting GAN).
+
+    Attributes:
+        name: Keyword argument the attack receives it under; also its cache folder.
+        build: ``build(public, *, seed, device, progress, **kwargs)`` trains it from the public
+            images (an :class:`~mibench_lib.data.ImageSet` whose labels are the public data's own
+            labels, -1 where the dataset has none; they never name a private class) and returns
+            ``(tensors, meta)`` as :class:`TargetPrior`'s build does. ``kwargs`` come from the
+            parameter file's ``prior_kwargs[name]``.
+        load: ``load(tensors, meta, device)`` rebuilds what the attack gets from the cached files.
+        quick: Keyword arguments of ``build`` for a few-second build on tiny networks
+            (:func:`mibench_lib.testing.build_public_prior`).
+    """
+
+    name: str
+    build: Callable[..., tuple[dict[str, Tensor], dict[str, Any]]]
+    load: Callable[[Mapping[str, Tensor], Mapping[str, Any], Any], Any]
+    quick: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AttackSpec:
     """One attack, as the study engine sees it.
 
@@ -70,21 +99,34 @@ class AttackSpec:
         name: Registry name (``"gmi"``), used in parameter files and result rows.
         run: ``run(oracle, labels, *, rng, on_step, **needs, **kwargs) -> InversionResult``.
         access: The weakest access level of ``mibench_lib.oracle.ACCESS_LEVELS`` it works with.
-        needs: Names of :data:`PUBLIC_NEEDS` and :class:`TargetPrior` instances it takes as
-            keyword arguments.
+        needs: Names of :data:`PUBLIC_NEEDS`, :class:`PublicPrior` and :class:`TargetPrior`
+            instances it takes as keyword arguments.
         quick: Keyword arguments of a few-step run (seconds on a CPU), for the shared tests that
             run every registered attack on tiny networks.
+        queries_in_attack: Whether the attack stage itself queries the target. False only for
+            attacks that spend every query on their target priors (LOKT: the oracle is closed
+            while it searches).
+        threat_model: ``"full"`` (reconstruct a class from its label) or ``"partial"`` (the
+            attacker holds a masked private image and fills the hole: SecretGen). Studies never
+            rank the two kinds together.
     """
 
     name: str
     run: Callable[..., InversionResult]
     access: str
-    needs: tuple[str | TargetPrior, ...] = ()
+    needs: tuple[str | PublicPrior | TargetPrior, ...] = ()
     quick: Mapping[str, Any] = field(default_factory=dict)
+    queries_in_attack: bool = True
+    threat_model: str = "full"
 
     def __post_init__(self) -> None:
         if self.access not in ACCESS_LEVELS:
             raise ValueError(f"attack {self.name!r}: unknown access level {self.access!r}")
+        if self.threat_model not in ("full", "partial"):
+            raise ValueError(
+                f"attack {self.name!r}: threat_model must be 'full' or 'partial', "
+                f"got {self.threat_model!r}"
+            )
         for need in self.needs:
             if isinstance(need, str) and need not in PUBLIC_NEEDS:
                 raise ValueError(
@@ -101,6 +143,11 @@ class AttackSpec:
     def target_priors(self) -> tuple[TargetPrior, ...]:
         """The :class:`TargetPrior` artifacts it takes."""
         return tuple(n for n in self.needs if isinstance(n, TargetPrior))
+
+    @property
+    def public_priors(self) -> tuple[PublicPrior, ...]:
+        """The :class:`PublicPrior` artifacts it takes."""
+        return tuple(n for n in self.needs if isinstance(n, PublicPrior))
 
     @property
     def keywords(self) -> tuple[str, ...]:
