@@ -100,6 +100,10 @@ class MISplit:
         private_to_evaluator: (K,) int64, evaluator label of each private class.
         class_names: Human-readable name of each private class.
         info: Provenance (split seed, source paths, resolution, ...), recorded with results.
+        public_labels: (len(public),) int64 labels of the public images' own classes (digits
+            5-9, public identities: disjoint from the private classes), for attacks whose threat
+            model includes a labelled public dataset (C2FMI's embedding network is trained on
+            one); None when the dataset provides none. Never a private class.
     """
 
     name: str
@@ -113,6 +117,7 @@ class MISplit:
     private_to_evaluator: Tensor
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    public_labels: Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

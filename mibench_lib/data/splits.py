@@ -211,6 +211,7 @@ def digit_split(
             "evaluator": "trained on all 10 digits: private train + held-in public images with "
             "their true digits; a reconstruction classified as 5-9 is a failure",
         },
+        public_labels=public_true.labels.clone(),
     )
 
 

@@ -51,6 +51,7 @@ from mibench_lib.studies.jobs import (
     load_target,
     observation_key,
     run_tag,
+    train_public_prior,
     train_target_prior,
 )
 from mibench_lib.studies.pool import StudyPool, default_workers
@@ -90,6 +91,8 @@ class Arm:
         baselines: Whether the trivial reference points are scored against it too.
         through_defense: Query it through the oracle its defense deploys (output processing).
         variant: The study setting it belongs to (see :func:`open_study`).
+        budgets: Query budget per attack for this arm (absent: the study's ``query_budgets``);
+            a query-access search stops when the oracle's budget cannot pay for its next step.
     """
 
     key: Mapping[str, Any]
@@ -100,6 +103,7 @@ class Arm:
     baselines: bool = True
     through_defense: bool = False
     variant: str = ""
+    budgets: Mapping[str, int] = field(default_factory=dict)
 
     def row_key(self, attack: str) -> tuple[Any, ...]:
         """The key of its row for ``attack``: key values, attack, seed (``results.csv`` order)."""
@@ -251,13 +255,28 @@ class Study:
                 first[observed] = arm
                 if row_key not in done:
                     todo.append((arm, name, row_key))
-        # Target priors first, each trained once (side by side), ahead of the runs that need them.
+        # Priors first, each trained once (side by side), ahead of the runs that need them: public
+        # ones once per setting, target ones per target (and per output defense for query access).
         for arm, name, _ in todo:
-            for prior in SPECS[name].target_priors if name in SPECS else ():
-                where = repr((arm.variant, arm.ref, prior.name))
+            spec = SPECS.get(name)
+            if spec is None:
+                continue
+            for public_prior in spec.public_priors:
+                where = repr((arm.variant, public_prior.name))
                 if where not in priors:
                     priors[where] = self.pool.submit_in(
-                        arm.variant, train_target_prior, arm.ref, prior.name
+                        arm.variant, train_public_prior, public_prior.name
+                    )
+            through = arm.through_defense and spec.access != "white-box"
+            for prior in spec.target_priors:
+                where = repr((arm.variant, arm.ref, prior.name, through))
+                if where not in priors:
+                    priors[where] = self.pool.submit_in(
+                        arm.variant,
+                        train_target_prior,
+                        arm.ref,
+                        prior.name,
+                        through_defense=through,
                     )
         for arm, name, row_key in todo:
             job = self.pool.submit_in(
@@ -268,6 +287,7 @@ class Study:
                 seed=arm.seed,
                 tag=self._tags[row_key],
                 through_defense=arm.through_defense,
+                budget=arm.budgets.get(name),
             )
             futures[job] = {**arm.key, **arm.columns}
         for columns, row in self.pool.results(futures, desc=desc, progress=self.progress):

@@ -29,14 +29,23 @@ from mibench_lib.artifacts import (
     data_fingerprint,
     load_face_extractor,
 )
-from mibench_lib.attacks import ATTACK_ACCESS, ATTACKS, SPECS, InversionResult, TargetPrior
+from mibench_lib.attacks import (
+    ATTACK_ACCESS,
+    ATTACKS,
+    SPECS,
+    InversionResult,
+    PublicPrior,
+    TargetPrior,
+)
+from mibench_lib.attacks._masked import mask_images
 from mibench_lib.baselines import (
     blank_image_baseline,
     mean_public_baseline,
     random_latent_baseline,
 )
 from mibench_lib.cache import ArtifactCache, tensor_fingerprint
-from mibench_lib.data import MISplit, load_dataset
+from mibench_lib.data import ImageSet, MISplit, load_dataset
+from mibench_lib.defenses import Defense, defended_oracle
 from mibench_lib.metrics import evaluate_reconstructions
 from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
 
@@ -54,6 +63,8 @@ FAMILY = {
     "label": "label-only",
     "none": "baseline",
 }
+#: Family of attacks of the partial-image threat model (SecretGen): never ranked with the others.
+PARTIAL_FAMILY = "partial-image"
 
 
 class StudySetting:
@@ -126,6 +137,29 @@ class StudySetting:
             device=self.device,
             progress=self.progress,
         )
+
+
+def private_originals(setting: StudySetting) -> Tensor:
+    """One private training image per label entry, the same for every seed: (N, C, H, W).
+
+    Entry ``i`` of class ``c`` gets the ``k``-th image of a fixed permutation of class ``c``'s
+    private training images (``k`` counts earlier entries of the same class), seeded by the
+    study's model seed: what a partial-image attacker holds before its centre is hidden.
+    """
+    split, labels = setting.split, setting.labels
+    rng = torch.Generator().manual_seed(int(setting.recipe["model_seed"]))
+    data = split.private_train.images
+    out = []
+    seen: dict[int, int] = {}
+    order: dict[int, Tensor] = {}
+    for c in labels.tolist():
+        if c not in order:
+            idx = (split.private_train.labels == c).nonzero().squeeze(1)
+            order[c] = idx[torch.randperm(idx.numel(), generator=rng)]
+        k = seen.get(c, 0)
+        seen[c] = k + 1
+        out.append(data[order[c][k % order[c].numel()]])
+    return torch.stack(out)
 
 
 def prepare_setting(
@@ -202,6 +236,7 @@ def mean_public_image(split: MISplit, *, chunk: int = 4096) -> Tensor:
 PUBLIC_ARTIFACTS: dict[str, Callable[[StudySetting], Any]] = {
     "generator": lambda setting: setting.prior.generator,
     "discriminator": lambda setting: setting.prior.discriminator,
+    "masked_private": lambda setting: mask_images(private_originals(setting)),
 }
 
 
@@ -211,15 +246,30 @@ def target_fingerprint(target: nn.Module) -> str:
     return tensor_fingerprint(*(state[k] for k in sorted(state)))
 
 
+def _released_by(defense: Defense | None) -> Any:
+    """What an output defense changes in a query-access prior's answers (None: nothing)."""
+    if defense is None or (defense.postprocess is None and defense.release is None):
+        return None
+    return {"defense": defense.name, "config": defense.config}
+
+
 def build_target_prior(
-    setting: StudySetting, prior: TargetPrior, target: nn.Module
+    setting: StudySetting,
+    prior: TargetPrior,
+    target: nn.Module,
+    *,
+    defense: Defense | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (or load) ``prior`` for ``target`` through a query-counting oracle; cached per target.
 
     The prior sees the target only through a :class:`~mibench_lib.oracle.TargetOracle` at
-    ``prior.access`` and the public images without labels. Its cache key holds the target's
-    weights (:func:`target_fingerprint`), the public data, its keyword arguments
-    (``prior_kwargs[prior.name]``) and the study's model seed.
+    ``prior.access`` and the public images without labels. Behind an output defense (``defense``
+    with a ``postprocess`` or a release cap) the oracle is the one the deployment gives an attacker
+    of that access level (:func:`~mibench_lib.defenses.defended_oracle`): LOKT's T-ACGAN learns
+    from the labels the defense releases, C2FMI's adapter from its rounded or truncated scores. A
+    white-box prior holds the model and bypasses the defense. Its cache key holds the target's
+    weights (:func:`target_fingerprint`), what the defense releases, the public data, its keyword
+    arguments (``prior_kwargs[prior.name]``) and the study's model seed.
 
     Returns:
         What the attack gets (``prior.load``) and the build's metadata, whose ``queries`` is the
@@ -229,6 +279,7 @@ def build_target_prior(
     r = setting.recipe
     kwargs = dict(r.get("prior_kwargs", {}).get(prior.name, {}))
     public = setting.split.public.unlabelled()
+    released = None if prior.access == "white-box" else _released_by(defense)
     config = {
         "prior": prior.name,
         "access": prior.access,
@@ -238,9 +289,14 @@ def build_target_prior(
         "kwargs": kwargs,
         "seed": r["model_seed"],
     }
+    if released is not None:
+        config["released"] = released
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        oracle = TargetOracle(target, access=prior.access)
+        if released is None:
+            oracle = TargetOracle(target, access=prior.access)
+        else:
+            oracle = defended_oracle(target, defense, access=prior.access)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         tensors, meta = prior.build(
             oracle,
@@ -257,9 +313,46 @@ def build_target_prior(
     return prior.load(tensors, meta, setting.device), meta
 
 
+def build_public_prior(setting: StudySetting, prior: PublicPrior) -> tuple[Any, dict[str, Any]]:
+    """Train (or load) ``prior`` from the public images; cached by data.
+
+    The images come with the public data's own labels when the split has them
+    (:attr:`~mibench_lib.data.MISplit.public_labels`; -1 otherwise).
+
+    It never sees a target, so every target and attack of the setting shares one build. Its cache
+    key holds the public data, its keyword arguments (``prior_kwargs[prior.name]``) and the
+    study's model seed.
+    """
+    r = setting.recipe
+    kwargs = dict(r.get("prior_kwargs", {}).get(prior.name, {}))
+    split = setting.split
+    public = split.public
+    if split.public_labels is not None:  # the public data's own classes, never private ones
+        public = ImageSet(public.data, split.public_labels)
+    config = {
+        "prior": prior.name,
+        "data": data_fingerprint(public),
+        "kwargs": kwargs,
+        "seed": r["model_seed"],
+    }
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        t0 = time.perf_counter()
+        tensors, meta = prior.build(
+            public, seed=r["model_seed"], device=setting.device, progress=setting.progress, **kwargs
+        )
+        return tensors, {**meta, "build_s": time.perf_counter() - t0}
+
+    tensors, meta, _ = setting.cache.get_or_build(f"public_{prior.name}", config, build)
+    return prior.load(tensors, meta, setting.device), meta
+
+
 def _needs(
-    setting: StudySetting, name: str, target: nn.Module | None
-) -> tuple[dict[str, Any], int | None]:
+    setting: StudySetting,
+    name: str,
+    target: nn.Module | None,
+    defense: Defense | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The artifacts attack ``name`` takes as keyword arguments, built or loaded now.
 
     Returns:
@@ -270,6 +363,8 @@ def _needs(
         return ({"generator": setting.prior.generator} if name == BASELINE else {}), None
     spec = SPECS[name]
     kwargs = {need: PUBLIC_ARTIFACTS[need](setting) for need in spec.public_needs}
+    for public_prior in spec.public_priors:
+        kwargs[public_prior.name], _ = build_public_prior(setting, public_prior)
     if not spec.target_priors:
         return kwargs, None  # e.g. MIFace never waits for the GAN
     if target is None:
@@ -277,8 +372,10 @@ def _needs(
             f"attack {name!r} trains priors with the target's answers: pass the target"
         )
     cost = {"prior_queries": 0, "prior_build_s": 0.0}
+    # a white-box attacker holds the model: its priors never go through an output defense
+    through = defense if spec.access != "white-box" else None
     for prior in spec.target_priors:
-        kwargs[prior.name], meta = build_target_prior(setting, prior, target)
+        kwargs[prior.name], meta = build_target_prior(setting, prior, target, defense=through)
         cost["prior_queries"] += int(meta["queries"])
         cost["prior_build_s"] += float(meta.get("build_s", float("nan")))
     return kwargs, cost
@@ -291,6 +388,7 @@ def run_attack(
     *,
     seed: int,
     target: nn.Module | None = None,
+    defense: Defense | None = None,
 ) -> InversionResult:
     """Run attack ``name`` (or a baseline of :data:`BASELINES`, which take no oracle) with ``seed``.
 
@@ -299,7 +397,7 @@ def run_attack(
     draws of a stochastic target (MID samples at inference) depending on whether this process had
     already loaded it.
     """
-    kwargs, prior_cost = _needs(setting, name, target)
+    kwargs, prior_cost = _needs(setting, name, target, defense)
     rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # stochastic targets (MID samples at inference) draw from it
     if name == BASELINE:
@@ -362,6 +460,47 @@ def score(setting: StudySetting, result: InversionResult, target: nn.Module) -> 
             row[key] = result.extras[key]
     if "found_start" in result.extras:  # BREP-MI: entries the target never labelled at the start
         row["start_found"] = float(result.extras["found_start"].float().mean())
+    if "stopped_by_budget" in result.extras:  # a query-access search the oracle's budget ended
+        row["stopped_by_budget"] = bool(result.extras["stopped_by_budget"])
+    if result.attack in SPECS and SPECS[result.attack].threat_model == "partial":
+        row.update(partial_scores(setting, result))
+    return row
+
+
+def hole_psnr(images: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
+    """PSNR (dB, peak 1) of ``images`` against ``reference`` over the hidden pixels only: (N,).
+
+    ``mask`` is (N, 1, H, W), 1 where a pixel was known and 0 in the hole; identical holes give
+    ``inf``.
+
+    Example:
+        >>> ref = torch.zeros(1, 1, 4, 4); mask = torch.ones(1, 1, 4, 4); mask[..., 1:3, 1:3] = 0
+        >>> round(float(hole_psnr(ref + 0.1, ref, mask)[0]), 3)
+        20.0
+    """
+    hole = (1 - mask).expand_as(images)
+    err = ((images - reference) ** 2 * hole).flatten(1).sum(1)
+    count = hole.flatten(1).sum(1).clamp_min(1)
+    return -10 * torch.log10(err / count)
+
+
+def partial_scores(setting: StudySetting, result: InversionResult) -> dict[str, Any]:
+    """What a partial-image run recovered of the hidden pixels: PSNR in the hole, label found.
+
+    The reconstructions are compared with the private images the attacker held masked
+    (:func:`private_originals`), entry by entry.
+    """
+    originals = private_originals(setting)
+    masked = mask_images(originals)
+    if result.images.shape != originals.shape:
+        raise ValueError(
+            f"{result.attack}: a partial-image attack returns one image per entry "
+            f"{tuple(originals.shape)}, got {tuple(result.images.shape)}"
+        )
+    psnr = hole_psnr(result.images.float(), originals, masked.mask)
+    row: dict[str, Any] = {"psnr_hole": float(psnr[torch.isfinite(psnr)].mean())}
+    if "pseudo_label_correct" in result.extras:
+        row["pseudo_label_acc"] = float(result.extras["pseudo_label_correct"].float().mean())
     return row
 
 
@@ -373,6 +512,8 @@ def attack_and_score(
     seed: int,
     tag: str,
     oracle: TargetOracle | None = None,
+    defense: Defense | None = None,
+    budget: int | None = None,
 ) -> dict[str, Any]:
     """Attack ``target`` with ``name`` and return its results row; reconstructions go to disk.
 
@@ -384,20 +525,31 @@ def attack_and_score(
         tag: File stem of the saved reconstructions (``<out_dir>/reconstructions/<tag>.safetensors``).
         oracle: A prepared oracle (e.g. behind an output defense); default: a plain oracle at the
             attack's access level with its query budget.
+        defense: The output defense ``oracle`` deploys (its target priors are trained through
+            the same release).
+        budget: Query budget of the default oracle (None: ``query_budgets[name]`` or unlimited);
+            reported as ``query_budget``.
     """
     if name in BASELINES:
         access, oracle = "none", None
     else:
         if oracle is None:
-            oracle = TargetOracle(
-                target, access=ATTACK_ACCESS[name], budget=setting.query_budgets.get(name)
-            )
+            budget = setting.query_budgets.get(name) if budget is None else budget
+            oracle = TargetOracle(target, access=ATTACK_ACCESS[name], budget=budget)
         access = oracle.access
     # Scoring models are resolved before the run is seeded (see run_attack).
     _ = (setting.evaluator, setting.face)
-    head = {"attack": name, "seed": seed, "access": access, "family": FAMILY[access]}
+    partial = name in SPECS and SPECS[name].threat_model == "partial"
+    head = {
+        "attack": name,
+        "seed": seed,
+        "access": access,
+        "family": PARTIAL_FAMILY if partial else FAMILY[access],
+    }
+    if oracle is not None and oracle.budget is not None:
+        head["query_budget"] = oracle.budget
     try:
-        result = run_attack(setting, name, oracle, seed=seed, target=target)
+        result = run_attack(setting, name, oracle, seed=seed, target=target, defense=defense)
     except QueryBudgetExceeded as err:
         # The budget is part of the threat model: running out is a result of this run, not a
         # failure of the study. Nothing was reconstructed, so every metric is missing.

@@ -30,6 +30,7 @@ from mibench_lib.studies.harness import (
     BASELINE,
     StudySetting,
     attack_and_score,
+    build_public_prior,
     build_target_prior,
 )
 
@@ -150,6 +151,7 @@ def attack_target(
     seed: int,
     tag: str,
     through_defense: bool = False,
+    budget: int | None = None,
 ) -> dict[str, Any]:
     """Run ``attack`` (or the random-latent baseline) against ``ref``; return its results row.
 
@@ -160,29 +162,48 @@ def attack_target(
         seed: Seeds the attack.
         tag: File stem of the saved reconstructions.
         through_defense: Query the target through the oracle its defense deploys (output
-            processing, release caps; white-box access bypasses them by definition).
+            processing, release caps; white-box access bypasses them by definition); the
+            attack's target priors are trained through the same release.
+        budget: The attack's query budget (None: the setting's ``query_budgets``, else none).
     """
     target = load_target(setting, ref)
-    oracle = None
+    oracle, defense = None, None
+    if budget is None:
+        budget = setting.query_budgets.get(attack)
     if through_defense and isinstance(target, DefendedTarget) and attack in ATTACK_ACCESS:
-        oracle = defended_oracle(
-            target.model,
-            target.defense,
-            access=ATTACK_ACCESS[attack],
-            budget=setting.query_budgets.get(attack),
-        )
-    return attack_and_score(setting, attack, _model(target), seed=seed, tag=tag, oracle=oracle)
+        defense = target.defense
+        oracle = defended_oracle(target.model, defense, access=ATTACK_ACCESS[attack], budget=budget)
+    return attack_and_score(
+        setting,
+        attack,
+        _model(target),
+        seed=seed,
+        tag=tag,
+        oracle=oracle,
+        defense=defense,
+        budget=budget,
+    )
 
 
-def train_target_prior(setting: StudySetting, ref: TargetRef, prior: str) -> None:
+def train_target_prior(
+    setting: StudySetting, ref: TargetRef, prior: str, *, through_defense: bool = False
+) -> None:
     """Train (or load) the target prior named ``prior`` for ``ref``'s model, into the cache.
 
     A pool job: the study queues one per (target, prior) before the attack runs that need it, so
     different priors train side by side instead of each attack's first run training them in turn.
+    With ``through_defense`` it is trained through the release of ``ref``'s output defense.
     """
-    target = _model(load_target(setting, ref))
+    loaded = load_target(setting, ref)
+    defense = loaded.defense if through_defense and isinstance(loaded, DefendedTarget) else None
     found = next(p for spec in SPECS.values() for p in spec.target_priors if p.name == prior)
-    build_target_prior(setting, found, target)
+    build_target_prior(setting, found, _model(loaded), defense=defense)
+
+
+def train_public_prior(setting: StudySetting, prior: str) -> None:
+    """Train (or load) the public-data prior named ``prior`` into the cache (a pool job)."""
+    found = next(p for spec in SPECS.values() for p in spec.public_priors if p.name == prior)
+    build_public_prior(setting, found)
 
 
 def target_robust_accuracy(
@@ -214,14 +235,25 @@ def observation_key(ref: TargetRef, target: DefendedTarget, attack: str, *, seed
     """
     defense = target.defense
     access = ATTACK_ACCESS.get(attack, "none")  # the random-latent baseline never queries
-    level = "none" if access == "none" else effective_access(access, defense.release)
     weights = ref if defense.trains else replace(ref, defense_name="none", defense_kwargs={})
-    released: Any = None
-    if level not in ("none", "white-box"):
-        released = {
-            "postprocess": [defense.name, defense.config] if defense.postprocess else None,
-            "top_k": defense.top_k if defense.release == "top-k" else None,
-        }
+
+    def observed(level_asked: str) -> tuple[str, Any]:
+        level = "none" if level_asked == "none" else effective_access(level_asked, defense.release)
+        released: Any = None
+        if level not in ("none", "white-box"):
+            released = {
+                "postprocess": [defense.name, defense.config] if defense.postprocess else None,
+                "top_k": defense.top_k if defense.release == "top-k" else None,
+            }
+        return level, released
+
+    level, released = observed(access)
+    # a query-access attack's target priors (LOKT's T-ACGAN, C2FMI's adapter) are trained
+    # through the same release; a white-box attacker builds its priors from the model it holds
+    spec = SPECS.get(attack)
+    priors = {}
+    if spec is not None and level != "white-box":
+        priors = {p.name: observed(p.access) for p in spec.target_priors}
     return json.dumps(
         {
             "weights": weights.key,
@@ -229,6 +261,7 @@ def observation_key(ref: TargetRef, target: DefendedTarget, attack: str, *, seed
             "seed": seed,
             "level": level,
             "released": released,
+            "priors": priors,
         },
         sort_keys=True,
         default=str,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mibench_lib.attacks import PUBLIC_NEEDS, SPECS, InversionResult
 from mibench_lib.byo import as_critic, as_generator, as_target
 from mibench_lib.oracle import TargetOracle
-from mibench_lib.testing import build_target_prior
+from mibench_lib.testing import attack_needs
 
 IMAGE = (3, 16, 16)
 PIXELS = 3 * 16 * 16
@@ -65,15 +65,24 @@ def target() -> nn.Module:
 
 def _run(name: str, oracle: TargetOracle, public: dict[str, nn.Module], **networks: nn.Module):
     spec = SPECS[name]
-    needs = {k: networks.get(k, public[k]) for k in spec.public_needs}
-    images = torch.rand(64, *IMAGE, generator=_rng(3))  # the public images of target priors
-    for prior in spec.target_priors:
-        needs[prior.name], _ = build_target_prior(prior, target(), images)
+    images = torch.rand(66, *IMAGE, generator=_rng(3))  # the public images of its priors
+    public_labels = torch.arange(64) % 3  # public classes of their own
+    needs, _ = attack_needs(
+        spec,
+        target(),
+        images[:64],
+        public_labels,
+        provided={**public, **networks},
+        private=images[64:],
+    )
     return spec.run(oracle, torch.tensor([0, 1]), rng=_rng(0), **needs, **spec.quick)
 
 
 def test_every_public_need_and_attack_has_a_byo_setting(public):
-    assert set(PUBLIC_NEEDS) <= set(public), "build the new public artifact from a plain module"
+    # masked private images come from the study's data, not from a network
+    assert set(PUBLIC_NEEDS) - {"masked_private"} <= set(public), (
+        "build the new public artifact from a plain module"
+    )
     slow = sorted(name for name, spec in SPECS.items() if not spec.quick)
     assert not slow, f"declare a few-step run (AttackSpec.quick) for {slow}"
 
@@ -97,7 +106,8 @@ def test_every_attack_runs_on_plain_sequential_models(name, public):
     assert res.images.shape == (2, *IMAGE) and res.images.device.type == "cpu"
     assert torch.isfinite(res.images).all()
     assert 0.0 <= float(res.images.min()) <= float(res.images.max()) <= 1.0
-    assert res.queries == oracle.queries > 0
+    assert res.queries == oracle.queries
+    assert (res.queries > 0) == spec.queries_in_attack
 
 
 # -- a broken network fails before the attack's first query --------------------------------------

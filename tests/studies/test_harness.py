@@ -103,3 +103,86 @@ def test_trivial_floors_are_scored_like_attacks(tmp_path):
             assert row["acc1"] in (0.0, pytest.approx(1 / 3))
     mean = mean_public_image(setting.split, chunk=7)
     torch.testing.assert_close(mean, setting.split.public.images.mean(0), atol=1e-5, rtol=0)
+
+
+# -- priors: public ones cached by data, target ones through the deployment's release ----------
+def _recording_target_prior(seen):
+    from mibench_lib.attacks import TargetPrior
+
+    def build(oracle, public, *, num_classes, seed, device, progress, **kwargs):
+        x = public.images[:3]
+        seen.append((oracle.access, oracle(x).clone(), bool((public.labels == -1).all())))
+        return {"w": torch.zeros(1)}, {"n": len(public)}
+
+    return TargetPrior("recorder", "probabilities", build, lambda t, m, d: dict(m))
+
+
+def test_target_prior_learns_from_what_the_output_defense_releases(tmp_path):
+    from mibench_lib.defenses import label_only_defense, rounding_defense
+    from mibench_lib.studies.harness import build_target_prior
+
+    from mibench_lib.studies.jobs import load_target
+
+    setting = _setting(tmp_path / "cache", tmp_path / "out")
+    model = load_target(setting, TargetRef("mnist_cnn", TRAIN, seed=0)).model
+    seen: list = []
+    prior = _recording_target_prior(seen)
+    _, plain = build_target_prior(setting, prior, model)
+    _, rounded = build_target_prior(setting, prior, model, defense=rounding_defense(decimals=1))
+    _, labels = build_target_prior(setting, prior, model, defense=label_only_defense())
+    assert [s[0] for s in seen] == ["probabilities", "probabilities", "label"]
+    assert all(s[2] for s in seen)  # public images reach target priors without labels
+    assert torch.equal(seen[1][1], torch.round(seen[0][1], decimals=1))
+    assert not torch.equal(seen[1][1], seen[0][1])
+    assert seen[2][1].dtype == torch.int64 and torch.equal(seen[2][1], seen[0][1].argmax(1))
+    assert plain["queries"] == rounded["queries"] == labels["queries"] == 3
+    # each release is its own cache entry; asking again builds nothing
+    build_target_prior(setting, prior, model, defense=rounding_defense(decimals=1))
+    assert len(seen) == 3
+
+
+def test_public_prior_is_built_once_from_labelled_public_data(tmp_path):
+    from mibench_lib.attacks import PublicPrior
+    from mibench_lib.studies.harness import build_public_prior
+
+    calls = []
+
+    def build(public, *, seed, device, progress, **kwargs):
+        calls.append((public.labels.clone(), kwargs))
+        return {"mean": public.images.mean(0)}, {"seed": seed}
+
+    prior = PublicPrior("mean_image", build, lambda t, m, d: t["mean"])
+    setting = _setting(
+        tmp_path / "cache", tmp_path / "out", prior_kwargs={"mean_image": {"k": 2}}
+    )
+    first, meta = build_public_prior(setting, prior)
+    again, _ = build_public_prior(setting, prior)
+    assert len(calls) == 1 and calls[0][1] == {"k": 2} and "build_s" in meta
+    assert torch.equal(calls[0][0], setting.split.public_labels)  # its own labels, not -1
+    assert (calls[0][0] >= 0).all() and torch.equal(first, again)
+
+
+def test_partial_image_attackers_hold_fixed_private_images_of_their_class(tmp_path):
+    from mibench_lib.studies.harness import PUBLIC_ARTIFACTS, private_originals
+
+    setting = _setting(tmp_path / "cache", tmp_path / "out", samples_per_class=2)
+    originals = private_originals(setting)
+    again = private_originals(_setting(tmp_path / "cache", tmp_path / "out2", samples_per_class=2))
+    assert torch.equal(originals, again)  # the same images whatever the attack seed
+    train = setting.split.private_train
+    for image, label in zip(originals, setting.labels):
+        match = (train.images == image).flatten(1).all(1)
+        assert match.any() and (train.labels[match] == label).all()
+    assert not torch.equal(originals[0], originals[1])  # two entries of a class: two images
+    masked = PUBLIC_ARTIFACTS["masked_private"](setting)
+    hidden = masked.mask == 0
+    assert hidden.any() and (masked.images[hidden.expand_as(masked.images)] == 0).all()
+    known = hidden.logical_not().expand_as(originals)
+    assert torch.equal(masked.images[known], originals[known])
+
+
+def test_an_arm_budget_caps_the_oracle_and_is_reported(tmp_path):
+    setting = _setting(tmp_path / "cache", tmp_path / "out", query_budgets={"brep_mi": 10**6})
+    ref = TargetRef("mnist_cnn", TRAIN, seed=0)
+    row = attack_target(setting, ref, "brep_mi", seed=0, tag="brep", budget=9)
+    assert row["query_budget"] == 9 and row["queries"] <= 9
