@@ -120,7 +120,6 @@ def _recording_target_prior(seen):
 def test_target_prior_learns_from_what_the_output_defense_releases(tmp_path):
     from mibench_lib.defenses import label_only_defense, rounding_defense
     from mibench_lib.studies.harness import build_target_prior
-
     from mibench_lib.studies.jobs import load_target
 
     setting = _setting(tmp_path / "cache", tmp_path / "out")
@@ -152,9 +151,7 @@ def test_public_prior_is_built_once_from_labelled_public_data(tmp_path):
         return {"mean": public.images.mean(0)}, {"seed": seed}
 
     prior = PublicPrior("mean_image", build, lambda t, m, d: t["mean"])
-    setting = _setting(
-        tmp_path / "cache", tmp_path / "out", prior_kwargs={"mean_image": {"k": 2}}
-    )
+    setting = _setting(tmp_path / "cache", tmp_path / "out", prior_kwargs={"mean_image": {"k": 2}})
     first, meta = build_public_prior(setting, prior)
     again, _ = build_public_prior(setting, prior)
     assert len(calls) == 1 and calls[0][1] == {"k": 2} and "build_s" in meta
