@@ -430,3 +430,30 @@ def attack_needs(
         needs[prior.name], spent = build_target_prior(prior, target, public)
         queries += spent
     return needs, queries
+
+
+def tiny_style_generator(
+    resolution: int = 8, channels: int = 1, z_dim: int = 8, w_dim: int = 8, seed: int = 0
+) -> Any:
+    """A seeded, randomly initialised small :class:`~mibench_lib.generators.stylegan.StyleGenerator`.
+
+    Two mapping layers, 16 channels up to 8 px (halving above), eval mode (constant noise, so
+    it is deterministic); ``num_ws = 2 * log2(resolution) - 2``.
+
+    Example:
+        >>> g = tiny_style_generator()
+        >>> g.num_ws, g.w_dim, tuple(g(torch.randn(2, 8)).shape)
+        (4, 8, (2, 1, 8, 8))
+    """
+    from mibench_lib.generators.stylegan import StyleGenerator
+
+    torch.manual_seed(seed)
+    return StyleGenerator(
+        z_dim,
+        w_dim,
+        resolution,
+        channels,
+        mapping_layers=2,
+        channel_base=128,
+        channel_max=16,
+    ).eval()
