@@ -112,6 +112,45 @@ def plot_trend(
     return ax
 
 
+def plot_budget_curves(
+    df: pd.DataFrame,
+    *,
+    x: str = "budget_per_class",
+    y: str = "acc1",
+    hue: str = "attack",
+    official: Mapping[str, float] | None = None,
+    ax: Axes | None = None,
+    floors: Mapping[str, float] | None = None,
+) -> Axes:
+    """Attack success against the query budget on a log axis, one curve per attack.
+
+    Each point is the mean over seeds with its 95 % interval as a band (:func:`plot_trend`);
+    ``official`` marks each attack's official budget (same unit as ``x``) as a dashed vertical
+    line in the attack's colour, with a triangle on the top edge: where the paper's setting lies,
+    even when it is off the measured range (the axis then extends to show it).
+    """
+    ax = plot_trend(df, x=x, y=y, hue=hue, ax=ax, floors=floors, dodge=0.0, band=True)
+    ax.set_xscale("log")
+    colours = {
+        label: handle.lines[0].get_color() if hasattr(handle, "lines") else handle.get_color()
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
+    for name, budget in (official or {}).items():
+        if name not in colours or not budget or not np.isfinite(budget):
+            continue
+        ax.axvline(budget, color=colours[name], ls="--", lw=1)
+        ax.plot(
+            [budget],
+            [1.0],
+            marker="v",
+            color=colours[name],
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+        )
+    ax.legend(fontsize=8, title="dashed: official budget", title_fontsize=7)
+    return ax
+
+
 def plot_privacy_utility(
     df: pd.DataFrame,
     *,
