@@ -79,12 +79,8 @@ progress = True  # progress bars
 
 # This study
 target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
-budgets_per_class = [
-    300,
-    1000,
-    3000,
-    10000,
-]  # queries per label entry; the oracle's budget is this x entries
+# queries per label entry; each run's oracle answers this x (number of entries) queries in all
+budgets_per_class = [300, 1000, 3000, 10000]
 # official search budget per label entry, from each paper's default loop counts (the figure's marks)
 official_budgets = {"brep_mi": 33000}  # fmt: skip
 
