@@ -368,3 +368,41 @@ def plot_image_grid(
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_partial_grid(
+    rows: Mapping[str, Tensor],
+    labels: Tensor,
+    *,
+    class_names: Sequence[str] | None = None,
+    max_columns: int = 10,
+    title: str | None = None,
+) -> Figure:
+    """Partial-image recovery: one row per image set (masked input, fills, the hidden original).
+
+    Args:
+        rows: Row label -> (N, C, H, W) images in [0, 1], entry ``i`` of every row being the same
+            private image (e.g. ``{"held (masked)": ..., "secretgen": ..., "original": ...}``).
+        labels: (N,) class of each entry (column titles).
+        max_columns: At most this many entries are shown.
+    """
+    n = min(int(labels.numel()), max_columns)
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(0.95 * n + 1.4, 1.0 * len(rows) + 0.5), squeeze=False
+    )
+    for r, (name, images) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[r, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            ax.imshow(_to_hw(images[j]), cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                c = int(labels[j])
+                ax.set_title(class_names[c] if class_names else str(c), fontsize=8, loc="left")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -186,7 +186,13 @@ def test_study_tiny_smoke(study, tmp_path):
             assert (trained["prior_queries"] > 0).all() and (trained["prior_build_s"] > 0).all()
         assert {"fig_acc1_vs_distance.png", "fig_per_class.png"} <= set(figures)
         per_class = pd.read_csv(out / "table_per_class.csv")
-        assert set(per_class["attack"]) == set(df["attack"])
+        partial = {name for name, spec in SPECS.items() if spec.threat_model == "partial"}
+        assert set(per_class["attack"]) == set(df["attack"]) - partial
+        assert set(board["attack"]) & partial == set()  # another threat model: never ranked
+        if partial:
+            assert "fig_partial_image.png" in figures
+            part = pd.read_csv(out / "table_partial_image.csv")
+            assert set(part["attack"]) == partial
     if study == "adversarial_robustness":
         assert "fig_attack_vs_epsilon.png" in figures
         at = df[df["norm"] != "none"]
