@@ -270,7 +270,13 @@ def celeba(
             },
         },
     }
+    public_labels = None
     if public_root is None:
+        # each public image's identity (0..P-1): public knowledge of the public data, for attacks
+        # whose threat model includes a labelled public set (C2FMI's embedding network)
+        public_labels = torch.tensor(
+            [j for j, i in enumerate(public_ids) for _ in files_of[i]], dtype=torch.int64
+        )
         public = ImageSet(
             read_images(
                 [img_dir / f for f in public_files],
@@ -306,4 +312,5 @@ def celeba(
         test_fraction=test_fraction,
         split_seed=split_seed,
         info=info,
+        public_labels=public_labels,
     )

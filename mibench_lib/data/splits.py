@@ -224,6 +224,7 @@ def identity_split(
     test_fraction: float,
     split_seed: int,
     info: Mapping[str, Any],
+    public_labels: Tensor | None = None,
 ) -> MISplit:
     """Build the face protocol's :class:`MISplit` from private and public images.
 
@@ -238,6 +239,8 @@ def identity_split(
         test_fraction: Per-identity test fraction, in (0, 1).
         split_seed: Seed of the split.
         info: Provenance merged into ``MISplit.info``.
+        public_labels: (len(public),) public identity of each public image (0..P-1, identities
+            disjoint from the private ones), or None when unknown (FFHQ).
 
     Returns:
         The :class:`MISplit` with ``private_to_evaluator = arange(K)``.
@@ -255,6 +258,10 @@ def identity_split(
         raise ValueError(
             f"public images have shape {public.image_shape}, private ones {private.image_shape}"
         )
+    if public_labels is not None and tuple(public_labels.shape) != (len(public),):
+        raise ValueError(
+            f"public_labels must have shape ({len(public)},), got {tuple(public_labels.shape)}"
+        )
     rng = torch.Generator().manual_seed(split_seed)
     tr, te = stratified_split(private.labels, test_fraction=test_fraction, rng=rng)
     train, test = private.subset(tr), private.subset(te)
@@ -263,6 +270,7 @@ def identity_split(
         private_train=train,
         private_test=test,
         public=public,
+        public_labels=None if public_labels is None else public_labels.long().clone(),
         evaluator_train=train,
         evaluator_test=test,
         num_classes=k,

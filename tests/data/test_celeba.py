@@ -33,6 +33,10 @@ class TestCeleba:
         for img in s.public.images:
             mean = tuple(round(v) for v in (img.mean((1, 2)) * 255).tolist())
             assert min(max(abs(a - b) for a, b in zip(mean, c)) for c in public_colors) < 12
+        # public identities 58, 999, 7 (the next most frequent) are labelled 0, 1, 2, image by image
+        assert s.public_labels.tolist() == [0, 0, 0, 1, 1, 2]
+        for j, ident in enumerate([58, 999, 7]):
+            build.assert_color(s.public.images[s.public_labels == j], colors[ident], tol=TOL)
 
     def test_num_public_takes_next_most_frequent(self, celeba_root):
         root, _ = celeba_root
