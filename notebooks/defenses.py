@@ -43,8 +43,10 @@ import pandas as pd
 import seaborn as sns
 
 from mibench_lib import plots
-from mibench_lib.defenses import layer_fisher_information
+from mibench_lib.attacks import ATTACK_ACCESS
+from mibench_lib.defenses import DEFENSE_KIND, layer_fisher_information
 from mibench_lib.studies.engine import Arm, open_study, show
+from mibench_lib.studies.harness import FAMILY
 from mibench_lib.studies.jobs import TargetRef, defense_columns, defense_label
 
 # %% tags=["parameters"]
@@ -140,7 +142,11 @@ METRICS = ["natural_acc", "target_acc", "acc1", "acc5", "delta_eval", "delta_fac
 extra = [c for c in df if c.startswith("defense_") and c not in ("defense_label", "defense_kind")
          and pd.api.types.is_numeric_dtype(df[c])]  # fmt: skip
 bench.table(df, ["family", "attack", "defense_label"], METRICS + extra)
-attacked = df[df["attack"].isin(attacks)]
+attacked = df[df["attack"].isin(attacks)].copy()
+# each attack's own threat model (the family of its undefended oracle): a label release moves a
+# score-based attack's oracle to "label", but it stays a black-box attack
+attacked["base_family"] = attacked["attack"].map(
+    {a: FAMILY[ATTACK_ACCESS[a]] for a in attacks})  # fmt: skip
 bench.paired(attacked, "defense_label", reference, ["attack"], name="paired_vs_undefended",
              caption=f"Acc@1 under each defense minus under `{reference}`, same seeds [95 % "
              "interval]; `supported`: the interval excludes 0")  # fmt: skip
@@ -156,11 +162,13 @@ utility = df.drop_duplicates(["defense_label", "seed"])
 bench.table(utility, ["defense_label"], ["natural_acc", *extra], name="natural_accuracy")
 
 # %%
+family = attacked.groupby("attack")["family"].agg(lambda f: "/".join(sorted(set(f))))
 fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.5), squeeze=False)
 for ax, name in zip(axes[0], attacks):
     plots.plot_privacy_utility(df, attack=name, ax=ax, floors=bench.floors(df))
     ax.set_xlabel("natural accuracy (private test)")
     ax.set_ylabel("attack Acc@1 (evaluator)")
+    ax.set_title(f"{name} ({family.get(name, '')})", fontsize=9)
 fig.suptitle("Privacy-utility plane: one curve per defense across its knob (lower right is "
              "better); error bars: 95 % intervals")  # fmt: skip
 fig.tight_layout()
@@ -175,6 +183,32 @@ sns.heatmap(heat, annot=True, fmt=".2f", cmap="rocket_r", vmin=0, vmax=1, ax=ax,
 ax.set_title("Attack Acc@1 (evaluator), mean over seeds")
 bench.save(fig, "defense_attack_heatmap")
 plt.show()
+
+# %% [markdown]
+# ## Output defenses against each threat model
+#
+# Rounding, top-k, label-only release and noise act only on what the oracle releases. Each panel
+# holds one family of attacks as the attacker meets the deployment: white-box attackers hold the
+# model (flat by definition), score-based black-box attackers read what is released (a label
+# release gives them one-hot scores), label-only attackers only ever read the label.
+
+# %%
+outputs = [label for label, s in specs.items() if DEFENSE_KIND[s["name"]] == "output"]
+outputs = [reference, *outputs]  # the undefended target first
+shown = attacked[attacked["defense_label"].isin(outputs)]
+fams = [f for f in ("white-box", "black-box", "label-only") if f in set(shown["base_family"])]
+if fams and len(outputs) > 1:
+    fig, axes = plt.subplots(1, len(fams), figsize=(5.2 * len(fams), 4.3), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        plots.plot_trend(shown[shown["base_family"] == fam], x="defense_label", y="acc1", ax=ax,
+                         floors=bench.floors(df), title=f"{fam} attacks")  # fmt: skip
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+    axes[0, 0].set_ylabel("attack Acc@1 (evaluator)")
+    fig.suptitle("Output defenses: Acc@1 per attack family (error bars: 95 % intervals)")
+    fig.tight_layout()
+    bench.save(fig, "output_defenses_by_family")
+    plt.show()
 
 # %% [markdown]
 # ## Reconstructions of the same classes under each defense (seed 0)
