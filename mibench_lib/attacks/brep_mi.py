@@ -291,7 +291,7 @@ def brep_mi_attack(
     max_init_batches: int = 100,
     repulsion_only: bool = True,
     missing_start: str = "raise",
-    query_batch: int | None = 4096,
+    query_batch: int | None = 256,
     start_latents: Tensor | None = None,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
@@ -345,10 +345,17 @@ def brep_mi_attack(
             search: given ``start_latents`` must all be labelled right.
         query_batch: At most this many images are generated and sent to the oracle per call
             (start-point batches, sphere points of all running labels, the final images); None
-            sends each batch whole. Only memory changes: the queries and their count are the
-            same, and in eval mode each image's answer does not depend on its batch (up to
-            floating-point rounding of batched kernels). A CelebA run of 5000 entries asks for
+            sends each batch whole. Only memory and speed change: the queries and their count
+            are the same, and in eval mode each image's answer does not depend on its batch (up
+            to floating-point rounding of batched kernels). A CelebA run of 5000 entries asks for
             160,000 sphere images per iteration, more than a GPU holds at once through a VGG16.
+            The default 256 is the measured CPU optimum
+            (``benchmarks/bench_query_attacks.py --chunks``, ``benchmarks/results/brep_chunks.json``):
+            on the embedded default (32 px DCGAN of width 8, ``mnist_cnn``, 25 entries x 33
+            queries per iteration), chunks of 200-400 cost about 107 ms per iteration on one
+            thread, the whole 800-image sphere about 130 ms (the generator's activations no
+            longer fit the cache) and chunks of 32, MIBench's one-sphere-point-per-call
+            batching, about 133 ms. On a GPU, larger chunks (thousands) keep it busier.
         start_latents: (N, latent_dim) start points instead of the search, one per label entry,
             inside ``[-point_clamp, point_clamp]``, float32 (torch's default dtype), on any
             device; copied, never modified. The target must label each ``G(start_latents[i])``
