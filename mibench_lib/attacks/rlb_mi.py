@@ -275,9 +275,9 @@ class _Agents:
         self.critics = [p.to(device).requires_grad_(True) for p in critics]
         self.targets = [p.detach().clone() for p in self.critics]
         self.log_temp = torch.zeros(n, device=device, requires_grad=True)
-        self.actor_opt = torch.optim.Adam(self.actor, lr=lr)
-        self.critic_opt = torch.optim.Adam(self.critics, lr=lr)
-        self.temp_opt = torch.optim.Adam([self.log_temp], lr=lr)
+        # actor and temperature step together: neither loss reaches the other's parameters
+        self.critic_opt = torch.optim.Adam(self.critics, lr=lr, foreach=True)
+        self.actor_opt = torch.optim.Adam([*self.actor, self.log_temp], lr=lr, foreach=True)
         self.updates = 0
 
     def policy(self, state: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -334,23 +334,23 @@ class _Agents:
         _assign_grads(self.critics, critic_loss)
         self.critic_opt.step()
         # temperature (from before its update) and actor against the updated critics
+        # (one backward pass: the temperature loss sees log pi detached, the actor loss T detached)
         temp = self.log_temp.detach().exp()[:, None]
         new_action, log_prob = self.policy(state, eps)
         temp_loss = -(self.log_temp[:, None] * (log_prob.detach() + self.target_entropy))
-        self.temp_opt.zero_grad(set_to_none=True)
-        _assign_grads([self.log_temp], temp_loss.mean(dim=-1).sum())
-        self.temp_opt.step()
         q_new = self.q(self.critics, state, new_action).amin(dim=0)
         actor_loss = (temp * log_prob - q_new).mean(dim=-1).sum()
         self.actor_opt.zero_grad(set_to_none=True)
-        _assign_grads(self.actor, actor_loss)
+        _assign_grads([*self.actor, self.log_temp], actor_loss + temp_loss.mean(dim=-1).sum())
         self.actor_opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(self.targets, [p.detach() for p in self.critics], self.tau)
         self.updates += 1
 
 
-def _sample_indices(n: int, size: int, k: int, gen: torch.Generator, device: torch.device) -> Tensor:
+def _sample_indices(
+    n: int, size: int, k: int, gen: torch.Generator, device: torch.device
+) -> Tensor:
     """For each of ``n`` agents, ``k`` distinct indices in ``[0, size)``, uniformly: (n, k).
 
     Sparse case: draws with replacement and redraws duplicates until none is left; the process
@@ -368,9 +368,7 @@ def _sample_indices(n: int, size: int, k: int, gen: torch.Generator, device: tor
         if not bool(repeat.any()):
             return idx
         repeat = torch.zeros_like(repeat).scatter_(1, order, repeat)
-        idx[repeat] = torch.randint(
-            size, (int(repeat.sum()),), generator=gen, device=device
-        )
+        idx[repeat] = torch.randint(size, (int(repeat.sum()),), generator=gen, device=device)
 
 
 # -- the attack -------------------------------------------------------------------------------
