@@ -167,6 +167,8 @@ def _top_k_merge(
 ) -> tuple[Tensor, Tensor]:
     """Merge a block's (U, m) scores (pool indices ``offset + j``) into the running (U, k') top-k.
 
+    Ties go to the lower pool index, so the population does not depend on the device.
+
     Example:
         >>> best, idx = torch.zeros(1, 0), torch.zeros(1, 0, dtype=torch.long)
         >>> best, idx = _top_k_merge(best, idx, torch.tensor([[0.1, 0.5, 0.3]]), 0, 2)
@@ -179,8 +181,9 @@ def _top_k_merge(
         [best_idx, torch.arange(offset, offset + scores.shape[1]).expand(scores.shape[0], -1)],
         dim=1,
     )
-    top, pos = cand.topk(min(k, cand.shape[1]), dim=1, sorted=True)
-    return top, cand_idx.gather(1, pos)
+    # a stable sort: among equal fitness (a label release has many) the earlier latent wins
+    top, pos = cand.sort(dim=1, descending=True, stable=True)
+    return top[:, :k], cand_idx.gather(1, pos[:, :k])
 
 
 def _pool_blocks(

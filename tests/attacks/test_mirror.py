@@ -223,6 +223,11 @@ def test_population_is_the_k_best_pool_latents():
         torch.zeros(1, 0), torch.zeros(1, 0, dtype=torch.long), torch.tensor([[3.0, 1.0]]), 5, 4
     )  # fewer than k so far
     assert idx.tolist() == [[5, 6]] and best.tolist() == [[3.0, 1.0]]
+    # ties (a label release scores every pool image 0 or log 1e-30) go to the earlier latent
+    tied = torch.tensor([[0.0, -69.0, 0.0, 0.0]])
+    best, idx = _top_k_merge(best[:, :0], idx[:, :0], tied, 0, 2)
+    best, idx = _top_k_merge(best, idx, tied, 4, 3)
+    assert idx.tolist() == [[0, 2, 4]]
 
 
 # -- the search on a known fitness --------------------------------------------------------------
