@@ -969,11 +969,11 @@ def build_style_generator(
                     p_ema.copy_(p.lerp(p_ema, beta))
                 for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
                     b_ema.copy_(b)
-            history["d_loss"].append(float(d_loss))
-            history["g_loss"].append(float(g_loss))
+            history["d_loss"].append(float(d_loss.detach()))
+            history["g_loss"].append(float(g_loss.detach()))
             bar.update(1)
             if it % 50 == 0:
-                bar.set_postfix(d=f"{float(d_loss):.3f}", g=f"{float(g_loss):.3f}")
+                bar.set_postfix(d=f"{history['d_loss'][-1]:.3f}", g=f"{history['g_loss'][-1]:.3f}")
         bar.close()
     G_ema.eval()
     step = max(1, len(history["d_loss"]) // 200)
