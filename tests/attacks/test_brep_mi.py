@@ -527,6 +527,37 @@ def test_query_batch_changes_memory_only(digits_target, digits_generator):
         )
 
 
+def test_default_query_batch_chunks_large_spheres_without_changing_the_result(
+    digits_target, digits_generator
+):
+    # 12 entries x 32 sphere points = 384 images per iteration: the default (256, the measured
+    # CPU optimum) splits them into 256 + 128, the queries and the walk stay those of one batch.
+    sizes: list[int] = []
+    hook = digits_target.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+
+    def run(**kwargs):
+        sizes.clear()
+        return brep_mi_attack(
+            TargetOracle(digits_target, access="label"),
+            torch.tensor([0, 1, 2, 3]).repeat(3),
+            generator=digits_generator,
+            initial_radius=1.0,
+            max_iters=2,
+            rng=_rng(3),
+            **kwargs,
+        ), list(sizes)
+
+    try:
+        default, default_sizes = run()
+        whole, whole_sizes = run(query_batch=None)
+    finally:
+        hook.remove()
+    assert 384 in whole_sizes and max(default_sizes) == 256 and 128 in default_sizes
+    assert sum(default_sizes) == sum(whole_sizes) == default.queries == whole.queries
+    assert torch.equal(default.latents, whole.latents)
+    assert torch.equal(default.extras["last_latents"], whole.extras["last_latents"])
+
+
 # -- start latents ---------------------------------------------------------------------------------
 def _found_starts(target, generator, labels, rng):
     """The start points the default search finds, drawing from ``rng`` (left where it stops)."""
