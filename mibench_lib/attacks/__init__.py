@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from mibench_lib.attacks import (
     brep_mi,
+    c2fmi,
     deepinversion,
     gmi,
     if_gmi,
     kedmi,
+    lokt,
     lomma,
     miface,
+    mirror,
     plg_mi,
+    rlb_mi,
     vmi,
 )
 from mibench_lib.attacks._result import InversionResult, StepCallback
@@ -60,6 +64,10 @@ SPECS: dict[str, AttackSpec] = {
         *lomma.SPECS,
         vmi.SPEC,
         if_gmi.SPEC,
+        rlb_mi.SPEC,
+        mirror.SPEC,
+        c2fmi.SPEC,
+        lokt.SPEC,
     )
 }
 
