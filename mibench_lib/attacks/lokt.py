@@ -1,6 +1,6 @@
-"""Label-only model inversion via knowledge transfer (LOKT): Nguyen, Nguyen, Tran, Cheung and
-Ding (Ngoc-Bao Nguyen et al.), "Label-Only Model Inversion Attacks via Knowledge Transfer",
-NeurIPS 2023, https://arxiv.org/abs/2310.19342.
+"""Label-only model inversion via knowledge transfer (LOKT): Nguyen, Chandrasegaran,
+Abdollahzadeh and Cheung, "Label-Only Model Inversion Attacks via Knowledge Transfer", NeurIPS
+2023, https://arxiv.org/abs/2310.19342 (project page https://ngoc-nguyen-0.github.io/lokt/).
 
 Threat model: the attacker sees only the target's top-1 labels. Every label is spent on a
 target-dependent prior (:data:`LOKT_TACGAN`); the attack stage (:func:`lokt_attack`) never
