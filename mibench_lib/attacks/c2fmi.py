@@ -789,7 +789,8 @@ def c2fmi_attack(
         its ``w`` as latent, ``losses`` = the coarse stage's mean per-entry MSE at each step,
         ``queries`` = ``N (starts + 2 population generations_run + population [final])`` and
         ``extras``: ``"stopped_by_budget"``, ``"generations"`` (run), ``"target_prob"`` (N,)
-        output fitness, ``"selected_fitness"`` (N, keep), ``"slot_fitness"``
+        output fitness, ``"selected_fitness"`` (N, keep) (or (N, starts), -inf where unscored,
+        after a truncated selection), ``"slot_fitness"``
         (generations, N, population) per-slot fitness after each generation, ``"top_m"``
         (-1 for all classes), ``"final_rescored"``, ``"adapter_train_loss"`` and
         ``"adapter_val_loss"`` (per epoch).
