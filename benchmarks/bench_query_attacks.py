@@ -18,7 +18,8 @@ random weights: timing needs no training). Results go to
 The attacks are read from :data:`mibench_lib.attacks.SPECS` (every access level but white-box);
 each needs a setup in :data:`SETUPS` (name -> function of the modules returning a
 :class:`QueryCase`). A registered attack without one is reported as ``"no setup"``, an expected
-one absent from the registry as ``"not registered"``.
+one absent from the registry as ``"not registered"``, and one whose attack stage makes no queries
+(``queries_in_attack=False``: LOKT spends them all on its priors) is skipped.
 
 ``--mibench`` times BREP-MI against a bare loop doing the per-iteration work of MIBench's
 ``BrepOptimization`` (ffhibnese/Model-Inversion-Attack-ToolBox): one generator + target call per
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -167,12 +169,60 @@ def mibench_brep_loop(m: dict) -> Runner:
     return run
 
 
+def replay_setup(
+    name: str, steps_kw: str, doc: str, **kwargs: object
+) -> Callable[[dict], QueryCase]:
+    """A setup for any attack that takes the DCGAN ``generator``: the bare loop replays the
+    batch sizes the target received during the attack run of the same step count (random
+    latents through generator and target under ``torch.inference_mode``), so it is the attack's
+    query traffic without its search logic (their ratio is the attack's cost per query of
+    everything else it does)."""
+
+    def setup(m: dict) -> QueryCase:
+        gen, target = m["generator"], m["target"]
+        _, y = _labelled_latents(m)
+        sizes: dict[int, list[int]] = {}
+
+        def attack(steps: int) -> int:
+            seen: list[int] = []
+            hook = target.register_forward_hook(lambda mod, i, o: seen.append(i[0].shape[0]))
+            try:
+                oracle = TargetOracle(target, access=SPECS[name].access)
+                SPECS[name].run(oracle, y, generator=gen, rng=torch.Generator().manual_seed(0),
+                                **{steps_kw: steps}, **kwargs)  # fmt: skip
+            finally:
+                hook.remove()
+            sizes[steps] = seen
+            return oracle.queries
+
+        def bare(steps: int) -> int:
+            if steps not in sizes:
+                attack(steps)
+            rng = torch.Generator().manual_seed(0)
+            with torch.inference_mode():
+                for n in sizes[steps]:
+                    target(gen(torch.randn(n, gen.latent_dim, generator=rng))).softmax(dim=1)
+            return sum(sizes[steps])
+
+        return QueryCase(attack, bare, doc)
+
+    return setup
+
+
 #: Registry name -> setup. A new query attack: add a function of the modules (``_modules()``)
 #: returning a QueryCase whose attack runs ``steps`` steps of its query phase through a
 #: TargetOracle and whose bare loop sends the same batches to the same generator and target
 #: under ``torch.inference_mode`` (both return the queries they made: they must agree).
 SETUPS: dict[str, Callable[[dict], QueryCase]] = {
     "brep_mi": brep_mi_setup,
+    # before learn_start (256) no SAC update runs: the episodes are the query phase alone
+    # (policy sample, generator, oracle, reward, replay write, test rollout)
+    "rlb_mi": replay_setup(
+        "rlb_mi",
+        "episodes",
+        "RLB-MI: 25 agents, episodes before learn_start (no SAC update): the query phase alone; "
+        "the bare loop replays the target's batch sizes",
+    ),
 }
 
 
@@ -193,6 +243,10 @@ def throughput(names: list[str], args: argparse.Namespace) -> dict:
     for name in names:
         if name not in SPECS:
             print(f"{name:>10}: not registered", flush=True)
+            continue
+        if not SPECS[name].queries_in_attack:
+            print(f"{name:>10}: no queries in its attack stage (all in its priors)", flush=True)
+            cases[name] = {"status": "no queries in the attack stage"}
             continue
         if name not in SETUPS:
             print(f"{name:>10}: no setup (add one to SETUPS)", flush=True)
@@ -328,6 +382,8 @@ def _write(path: Path, key: str, value: object) -> None:
     record = json.loads(path.read_text()) if path.exists() else {}
     record.update({"machine": platform.machine(), "torch": torch.__version__})
     record[key] = value
+    # the machine may be shared: the load when each entry was written (1, 5, 15 minutes)
+    record.setdefault("load_average", {})[key] = [round(x, 2) for x in os.getloadavg()]
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
