@@ -27,6 +27,7 @@ from mibench_lib.attacks import (
     mirror,
     plg_mi,
     rlb_mi,
+    secretgen,
     vmi,
 )
 from mibench_lib.attacks._result import InversionResult, StepCallback
@@ -68,6 +69,7 @@ SPECS: dict[str, AttackSpec] = {
         mirror.SPEC,
         c2fmi.SPEC,
         lokt.SPEC,
+        secretgen.SPEC,
     )
 }
 

@@ -97,6 +97,11 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "lomma_kedmi": {"steps": 1, "samples": 2},
     "vmi": {"iterations": 1, "samples_per_step": 2, "samples": 2},
     "if_gmi": {"steps": [1, 1], "pool": 8, "samples": 2},
+    "rlb_mi": {"episodes": 2, "batch_size": 2, "learn_start": 1},
+    "mirror": {"population": 4, "pool_size": 8, "generations": 1},
+    "c2fmi": {"coarse_steps": 1, "generations": 1, "adapter_epochs": 1, "starts": 4, "keep": 2},
+    "lokt": {"steps": 1, "samples": 1},
+    "secretgen": {"candidates": 2, "steps": 1},
 }
 # Target priors (trained with the target's answers) get the same cut, whether or not the file
 # sets their keyword arguments (their defaults are the papers' budgets).
@@ -104,6 +109,16 @@ PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
     "kedmi_gan": {"epochs": 1},
     "plg_cgan": {"iterations": 2, "top_n": 4},
     "lomma_surrogates": {"epochs": 1},
+    "style_generator": {"iterations": 2},
+    "c2fmi_embedding": {"epochs": 1},
+    "c2fmi_adapter": {},
+    "lokt_tacgan": {
+        "warmup_iterations": 1,
+        "iterations": 2,
+        "samples_per_class": 2,
+        "surrogate_epochs": 1,
+    },
+    "secretgen_inpainter": {"epochs": 1},
 }
 # Chunk sizes the file sets for GPU memory (GMI/MIFace batch_size: 500 of 5000 entries) are cut
 # below the fixture's entry count, so the chunked path runs here too.
@@ -201,9 +216,11 @@ def reduced_overrides(raw: dict[str, Any], ws: dict[str, Path]) -> dict[str, Any
             if key in kwargs:
                 kwargs[key] = min(kwargs[key], CHUNK)
         over["attack_kwargs"][name] = kwargs
-    priors = {p.name for a in raw["attacks"] for p in SPECS[a].target_priors}
+    priors = {
+        p.name for a in raw["attacks"] for p in (*SPECS[a].target_priors, *SPECS[a].public_priors)
+    }
     missing = priors - set(PRIOR_BUDGETS)
-    assert not missing, f"add the target priors {sorted(missing)} to PRIOR_BUDGETS"
+    assert not missing, f"add the priors {sorted(missing)} to PRIOR_BUDGETS"
     if priors:
         over["prior_kwargs"] = {
             p: {**raw.get("prior_kwargs", {}).get(p, {}), **PRIOR_BUDGETS[p]} for p in priors
