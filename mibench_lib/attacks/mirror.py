@@ -62,6 +62,11 @@ Relation to the official code (njuaplusplus/mirror: ``my_ge_blackbox_attack.py``
 - p-space arithmetic is done in float64, so ``w -> p -> w`` is exact and unmutated
   coordinates are carried bit for bit.
 - With ``elites=1`` the official ``find_elite`` is reproduced exactly; ``elites > 1`` keeps more.
+
+Cost. Nearly all the time goes into synthesising the queried images (the genetic operators are
+a few element-wise passes over the (entries, population, w_dim) tensor). Memory: the pool's w
+(``pool_size x w_dim``: 200 MB at the official 100,000 x 512) while the population is selected,
+then the populations (``N x population x w_dim``).
 """
 
 from __future__ import annotations
@@ -360,7 +365,7 @@ def mirror_attack(
     elites: int = 1,
     official_crossover: bool = False,
     shared_noise: bool = False,
-    query_batch: int | None = 1000,
+    query_batch: int | None = 256,
     rng: torch.Generator | None = None,
     on_step: StepCallback | None = None,
 ) -> InversionResult:
