@@ -395,7 +395,7 @@ def test_progress_every_50_episodes_and_at_the_last():
     calls = []
     rlb_mi_attack(
         TargetOracle(tiny_classifier(), access="probabilities"), torch.tensor([1]),
-        generator=tiny_generator(), episodes=120, hidden=8, batch_size=2, learn_start=2,
+        generator=tiny_generator(), episodes=120, hidden=8, batch_size=2, learn_start=500,
         rng=_rng(0), on_step=lambda step, total, info: calls.append((step, total, info)),
     )  # fmt: skip
     assert [(s, t) for s, t, _ in calls] == [(50, 120), (100, 120), (120, 120)]
