@@ -116,7 +116,10 @@ PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
         "warmup_iterations": 1,
         "iterations": 2,
         "samples_per_class": 2,
+        "batch_size": 8,
         "surrogate_epochs": 1,
+        "surrogate_batch_size": 8,
+        "surrogate_images_per_epoch": 16,
     },
     "secretgen_inpainter": {"epochs": 1},
 }
