@@ -512,3 +512,24 @@ def test_works_behind_a_weaker_release(access, digits_target, digits_style, labe
     assert (digits_target(res.images).argmax(1) == labels).all()
     assert res.extras["reached"].all() and torch.isfinite(res.extras["fitness"]).all()
     assert res.queries == 200 + 19 * int(res.extras["generations"].sum())
+
+
+def test_runs_on_the_library_style_generator():
+    from mibench_lib.testing import tiny_classifier, tiny_style_generator
+
+    gen = tiny_style_generator()
+    oracle = TargetOracle(tiny_classifier(), access="probabilities")
+    res = mirror_attack(
+        oracle,
+        torch.tensor([0, 3]),
+        style_generator=gen,
+        population=6,
+        pool_size=20,
+        generations=2,
+        stop_confidence=None,
+        rng=_rng(19),
+    )
+    assert res.latents.shape == (2, gen.w_dim) and res.images.shape == (2, 1, 8, 8)
+    assert res.queries == 20 + 2 * 2 * 5
+    with torch.no_grad():
+        torch.testing.assert_close(res.images, gen.synthesize_w(res.latents))
