@@ -826,7 +826,9 @@ def secretgen_attack(
         momentum: Nesterov momentum (official 0.9).
         label_known: ``False``: ``"ini-bb"``, the pseudo-label picks the start. ``True``:
             ``"full-bb"``, ``labels`` pick the start and no cut-out is queried.
-        query_batch: Most images per oracle call (and per generator batch); ``None``: one call.
+        query_batch: Most images per oracle call, in whole latents (each latent's filled image
+            and its cut-outs go in one call, so a call holds at least ``1 + cutouts`` images);
+            ``None``: one call. Calls are in image-major order of (image, candidate).
         rng: CPU generator for the candidate latents and the local critic's crops.
         on_step: Progress hook ``on_step(step, steps, info)`` every 10 realism steps and at the
             last, with the mean realism loss (``"loss"``) and the mean |z|.
