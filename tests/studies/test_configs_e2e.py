@@ -121,7 +121,7 @@ PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
         "surrogate_batch_size": 8,
         "surrogate_images_per_epoch": 16,
     },
-    "secretgen_inpainter": {"epochs": 1},
+    "secretgen_inpainter": {"epochs": 1, "width": 4, "critic_width": 8, "latent_dim": 8},
 }
 # Chunk sizes the file sets for GPU memory (GMI/MIFace batch_size: 500 of 5000 entries) are cut
 # below the fixture's entry count, so the chunked path runs here too.
