@@ -6,11 +6,11 @@ Usage: ``python benchmarks/bench_query_attacks.py [--only brep_mi] [--threads 1]
 A query-access attack spends its time in target queries (generator forward + target forward per
 image), so its cost is measured as queries per second of its query phase against a hand-written
 loop that sends the same batches to the same modules, with no oracle, under
-``torch.inference_mode``; ``--check`` verifies, without timing, that the bare loop computes
-what the attack computes (its random draws in the attack's order). Each figure is the *marginal* cost of extra steps,
-``(t(hi) - t(lo)) / (hi - lo)``, so set-up, start-point searches and final passes are left out;
-it is the median of ``--repeats`` runs, attack and bare loop interleaved. The ratio bare / attack
-queries per second is what the project holds to at most 1.2. The modules are the embedded
+``torch.inference_mode`` (``--check`` verifies, without timing, that a bare loop computes what
+the attack computes, its random draws in the attack's order). Each figure is the *marginal* cost
+of extra steps, ``(t(hi) - t(lo)) / (hi - lo)``, so set-up, start-point searches and final
+passes are left out; it is the median of ``--repeats`` runs, attack and bare loop interleaved.
+The ratio bare / attack queries per second is what the project holds to at most 1.2. The modules are the embedded
 default's 32 px DCGAN generator (latent 100, width 8) and the ``mnist_cnn`` target (5 classes,
 random weights: timing needs no training). Results go to
 ``benchmarks/results/query_attacks.json``.

@@ -352,10 +352,12 @@ def brep_mi_attack(
             The default 256 is the measured CPU optimum
             (``benchmarks/bench_query_attacks.py --chunks``, ``benchmarks/results/brep_chunks.json``):
             on the embedded default (32 px DCGAN of width 8, ``mnist_cnn``, 25 entries x 33
-            queries per iteration), chunks of 200-400 cost about 107 ms per iteration on one
-            thread, the whole 800-image sphere about 130 ms (the generator's activations no
-            longer fit the cache) and chunks of 32, MIBench's one-sphere-point-per-call
-            batching, about 133 ms. On a GPU, larger chunks (thousands) keep it busier.
+            queries per iteration, one thread), chunks of 200-400 were the fastest, the whole
+            800-image sphere (the former default) 20-35% slower (107 against 130 ms per
+            iteration on a quiet machine; the generator's activations no longer fit the cache)
+            and chunks of 32 slower still; two threads agree. Generator and target take about
+            90% of an iteration, the oracle's copies and checks, sphere draw and label compare
+            about 1%. On a GPU, larger chunks (thousands) keep it busier.
         start_latents: (N, latent_dim) start points instead of the search, one per label entry,
             inside ``[-point_clamp, point_clamp]``, float32 (torch's default dtype), on any
             device; copied, never modified. The target must label each ``G(start_latents[i])``
