@@ -56,6 +56,7 @@ from torch import Tensor
 
 from mibench_lib._checks import check_labels, check_start_latents
 from mibench_lib.attacks._frozen import eval_mode
+from mibench_lib.attacks._query import affordable
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
 from mibench_lib.byo import check_generator
@@ -119,7 +120,7 @@ def _initial_points(
     rng: torch.Generator | None,
     missing_start: str = "raise",
     chunk: int | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, bool]:
     """One start latent per label entry that the target labels as that entry's label.
 
     Draws batches of clamped Gaussian latents; within a batch, the k-th draw labelled ``c`` goes to
@@ -127,10 +128,11 @@ def _initial_points(
     O(entries + batch) per batch, independent of the number of classes.
 
     Returns:
-        ``(start, found)``: (N, latent_dim) latents and an (N,) bool mask of entries that got a
-        start point, both on the CPU. With ``missing_start="random"``, each entry without a hit
-        gets its own fresh clamped Gaussian latent, drawn from ``rng`` after the search and never
-        queried (the attack then leaves it where it is).
+        ``(start, found, stopped_by_budget)``: (N, latent_dim) latents and an (N,) bool mask of
+        entries that got a start point, both on the CPU, and whether the oracle's budget ended
+        the search. With ``missing_start="random"``, or when the budget cannot pay for the next
+        batch, each entry without a hit gets its own fresh clamped Gaussian latent, drawn from
+        ``rng`` after the search and never queried (the attack then leaves it where it is).
 
     Raises:
         ValueError: some labels got no hit in ``max_batches`` batches and ``missing_start`` is
@@ -141,7 +143,11 @@ def _initial_points(
     n, dim = labels.numel(), generator.latent_dim
     start = torch.zeros(n, dim)
     filled = torch.zeros(n, dtype=torch.bool)
+    stopped = False
     for _ in range(max_batches):
+        if affordable(oracle, batch) < batch:  # the budget cannot pay for another batch
+            stopped = True
+            break
         cand = torch.randn(batch, dim, generator=rng).clamp(-point_clamp, point_clamp)
         pred = _predicted_labels(oracle, generator, cand.to(device), chunk).cpu()
         # join open entries to draws on (label, occurrence rank); a draw's key is unique because
@@ -157,11 +163,11 @@ def _initial_points(
         start[open_idx[hit]] = cand[cand_order[pos[hit]]]
         filled[open_idx[hit]] = True
         if filled.all():
-            return start, filled
-    if missing_start == "random":
+            return start, filled, False
+    if missing_start == "random" or stopped:
         fresh = torch.randn(int((~filled).sum()), dim, generator=rng)
         start[~filled] = fresh.clamp(-point_clamp, point_clamp)
-        return start, filled
+        return start, filled, stopped
     missing = sorted(set(labels[~filled].tolist()))
     raise ValueError(
         f"brep_mi_attack found no start point for labels {missing}: the target never predicted "
@@ -385,7 +391,12 @@ def brep_mi_attack(
         - ``"init_queries"``: queries spent on the start-point search (or, with
           ``start_latents``, on checking their labels: N);
         - ``"found_start"``: (N,) bool, False for entries that got no start point (only with
-          ``missing_start="random"``; they are never attacked and keep ``iterations`` 0).
+          ``missing_start="random"`` or a budget stop; they are never attacked and keep
+          ``iterations`` 0);
+        - ``"stopped_by_budget"``: whether the oracle's budget ended the run. The attack checks
+          the budget before every start-point batch and every iteration and stops cleanly when
+          it cannot pay for the next one: entries still without a start point get a fresh random
+          latent (as with ``missing_start="random"``), running labels keep their last snapshot.
 
     Raises:
         ValueError: bad labels or parameters, no start point found for some labels (named), given
@@ -393,7 +404,8 @@ def brep_mi_attack(
             otherwise by the target (named), a generator that breaks its contract
             (:func:`mibench_lib.byo.check_generator`), or oracle answers of the wrong shape.
         TypeError: a generator without ``latent_dim``.
-        QueryBudgetExceeded: the oracle's budget runs out.
+        QueryBudgetExceeded: the budget cannot pay for checking given ``start_latents`` (N
+            queries); the search itself stops cleanly instead (``stopped_by_budget``).
 
     Example:
         >>> from mibench_lib.oracle import TargetOracle
@@ -445,7 +457,7 @@ def brep_mi_attack(
 
     with eval_mode(generator), torch.no_grad():
         if given is None:
-            start, found = _initial_points(
+            start, found, stopped = _initial_points(
                 oracle,
                 generator,
                 labels,
@@ -458,6 +470,7 @@ def brep_mi_attack(
             )
         else:
             start, found = _verified_points(oracle, generator, given, labels, chunk=query_batch)
+            stopped = False
         init_queries = oracle.queries - start_queries
         z = start.to(device, copy=True)
         snapshot = z.clone()
@@ -471,6 +484,11 @@ def brep_mi_attack(
         iteration = 0
         while active.any():
             idx = active.nonzero().squeeze(1)
+            if affordable(oracle, idx.numel() * (sphere_points + 1)) < idx.numel() * (
+                sphere_points + 1
+            ):  # the budget cannot pay for another iteration of every running label
+                stopped = True
+                break
             z_a, r_a, grew, _, outside = _iteration(
                 oracle,
                 generator,
@@ -526,6 +544,7 @@ def brep_mi_attack(
             "last_latents": z.cpu(),
             "init_queries": init_queries,
             "found_start": found,
+            "stopped_by_budget": stopped,
         },
     )
 

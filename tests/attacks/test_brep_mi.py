@@ -12,7 +12,7 @@ from torch import Tensor
 from mibench_lib.attacks import brep_mi_attack
 from mibench_lib.attacks.brep_mi import _initial_points, _iteration, _sphere
 from mibench_lib.models.base import Classifier
-from mibench_lib.oracle import QueryBudgetExceeded, TargetOracle
+from mibench_lib.oracle import TargetOracle
 from mibench_lib.testing import tiny_classifier, tiny_generator
 
 
@@ -277,7 +277,7 @@ def test_probability_oracle_gives_same_result_as_label_oracle(digits_target, dig
         assert runs[0].queries == other.queries
 
 
-def test_budget_too_small_raises():
+def test_a_budget_one_query_short_stops_before_the_last_iteration():
     budget = 256 + 3 * 33
     res = brep_mi_attack(
         TargetOracle(ConstantTarget(), access="label", budget=budget),
@@ -286,12 +286,13 @@ def test_budget_too_small_raises():
         max_iters=3,
         rng=_rng(0),
     )
-    assert res.queries == budget
+    assert res.queries == budget and res.extras["stopped_by_budget"] is False
     oracle = TargetOracle(ConstantTarget(), access="label", budget=budget - 1)
-    with pytest.raises(QueryBudgetExceeded, match="budget"):
-        brep_mi_attack(
-            oracle, torch.tensor([1]), generator=tiny_generator(), max_iters=3, rng=_rng(0)
-        )
+    res = brep_mi_attack(
+        oracle, torch.tensor([1]), generator=tiny_generator(), max_iters=3, rng=_rng(0)
+    )
+    assert res.queries == oracle.queries == 256 + 2 * 33
+    assert res.extras["stopped_by_budget"] is True and res.extras["iterations"].tolist() == [2]
 
 
 def test_frozen_networks_unchanged(buffer_hash):
@@ -442,6 +443,7 @@ class _ScaleOracle:
 
     device = torch.device("cpu")
     input_shape = (1, 8, 8)
+    remaining = None  # no query budget
 
     def __init__(self, num_classes: int, script: Tensor) -> None:
         self.num_classes = num_classes
@@ -477,7 +479,7 @@ def test_start_point_search_at_scale_matches_reference():
             first_batch_hits = int((owner >= 0).sum())
     found_expected = owner >= 0
     assert 0 < first_batch_hits < int(found_expected.sum()) < 2 * k  # a partial search
-    start, found = _initial_points(
+    start, found, _ = _initial_points(
         _ScaleOracle(k, script),
         tiny_generator(),
         labels,
@@ -562,7 +564,7 @@ def test_default_query_batch_chunks_large_spheres_without_changing_the_result(
 def _found_starts(target, generator, labels, rng):
     """The start points the default search finds, drawing from ``rng`` (left where it stops)."""
     with torch.no_grad():
-        start, found = _initial_points(
+        start, found, _ = _initial_points(
             TargetOracle(target, access="label"),
             generator,
             labels,
@@ -684,3 +686,29 @@ def test_answers_of_the_wrong_shape_are_reported():
         ValueError, match=r"neither \(16,\) labels nor \(16, 2\) scores.*check_target"
     ):
         brep_mi_attack(oracle, torch.tensor([1]), generator=tiny_generator(), init_batch=16)
+
+
+def test_the_oracle_budget_stops_the_search_cleanly():
+    gen = tiny_generator()
+    target = tiny_classifier()
+    common = {"generator": gen, "init_batch": 16, "max_iters": 50, "sphere_points": 8}
+    full = brep_mi_attack(
+        TargetOracle(target, access="label"),
+        torch.tensor([3, 3]),
+        rng=torch.Generator().manual_seed(0),
+        **common,
+    )
+    assert full.extras["stopped_by_budget"] is False
+    budget = full.extras["init_queries"] + 3 * 2 * 9 + 5  # three iterations and a bit
+    oracle = TargetOracle(target, access="label", budget=budget)
+    res = brep_mi_attack(
+        oracle, torch.tensor([3, 3]), rng=torch.Generator().manual_seed(0), **common
+    )
+    assert res.extras["stopped_by_budget"] is True and res.queries == oracle.queries <= budget
+    assert res.queries == full.extras["init_queries"] + 3 * 2 * 9  # stopped before the 4th
+    assert res.extras["iterations"].tolist() == [3, 3]
+    # a budget below one start-point batch: nothing queried, every entry a random latent
+    tiny = TargetOracle(target, access="label", budget=10)
+    res = brep_mi_attack(tiny, torch.tensor([3, 1]), rng=torch.Generator().manual_seed(0), **common)
+    assert res.queries == 0 and res.extras["stopped_by_budget"] is True
+    assert not res.extras["found_start"].any() and res.images.shape == (2, 1, 8, 8)

@@ -81,7 +81,7 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "gmi": {"steps": 1, "restarts": 2},
     # init_batch 8 < the 10 attacked entries: more entries lack a start point than one search
     # batch holds, the case missing_start="random" must survive on thousands of CelebA entries.
-    # query_batch 8: sphere queries go out in chunks, as a real run's 5000 x 32 do (default 4096).
+    # query_batch 8: sphere queries go out in chunks, as a real run's 5000 x 32 do (default 256).
     "brep_mi": {
         "max_iters": 2,
         "max_stale_iters": 2,

@@ -80,14 +80,25 @@ def test_row_does_not_depend_on_what_the_process_loaded_before(tmp_path):
 
 
 def test_exhausted_budget_is_recorded_in_the_row(tmp_path):
-    setting = _setting(tmp_path / "cache", tmp_path / "out", query_budgets={"brep_mi": 7})
+    # GMI spends its queries step by step and has no use for a cut-short search: it runs out
+    setting = _setting(tmp_path / "cache", tmp_path / "out", query_budgets={"gmi": 7})
     ref = TargetRef("mnist_cnn", TRAIN, seed=0)
-    row = attack_target(setting, ref, "brep_mi", seed=0, tag="brep")
+    row = attack_target(setting, ref, "gmi", seed=0, tag="gmi")
     assert row["budget_exhausted"] is True
     assert row["queries"] <= 7  # the query that would pass the budget never ran
     assert "budget" in row["unavailable"]
     assert "acc1" not in row  # nothing reconstructed: no metric invented
-    assert not (tmp_path / "out" / "reconstructions" / "brep.safetensors").exists()
+    assert not (tmp_path / "out" / "reconstructions" / "gmi.safetensors").exists()
+
+
+def test_a_search_stopped_by_its_budget_is_scored(tmp_path):
+    setting = _setting(tmp_path / "cache", tmp_path / "out", query_budgets={"brep_mi": 7})
+    ref = TargetRef("mnist_cnn", TRAIN, seed=0)
+    row = attack_target(setting, ref, "brep_mi", seed=0, tag="brep")
+    assert row["budget_exhausted"] is False and row["stopped_by_budget"] is True
+    assert row["queries"] == 0  # not even one start-point batch (256) fits in 7
+    assert 0.0 <= row["acc1"] <= 1.0 and row["query_budget"] == 7
+    assert (tmp_path / "out" / "reconstructions" / "brep.safetensors").exists()
 
 
 def test_trivial_floors_are_scored_like_attacks(tmp_path):
