@@ -77,7 +77,8 @@ gan_train = {"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
 # Attacks
 seeds = [0, 1, 2]  # one target training run and one attack run per seed
 attacks = ["gmi", "brep_mi", "miface", "deepinversion", "kedmi", "plg_mi", "lomma_gmi",
-           "lomma_kedmi", "vmi", "if_gmi"]  # keys of mibench_lib.attacks.ATTACKS  # fmt: skip
+           "lomma_kedmi", "vmi", "if_gmi", "rlb_mi", "mirror", "c2fmi", "lokt",
+           "secretgen"]  # keys of mibench_lib.attacks.ATTACKS  # fmt: skip
 baselines = ["random_latent", "blank_image", "mean_public"]  # scored like attacks, no queries
 attack_kwargs = {
     "gmi": {"steps": 1500, "lr": 0.01, "loss_divisor": 5, "restarts": 5, "select": "all"},
@@ -94,6 +95,11 @@ attack_kwargs = {
     "lomma_kedmi": {"steps": 2400, "lr": 0.02, "samples": 5},
     "vmi": {"iterations": 300, "lr": 0.002, "samples_per_step": 64, "samples": 5},
     "if_gmi": {"steps": [70, 25, 25, 25], "pool": 5000, "samples": 5},
+    "rlb_mi": {"episodes": 500},
+    "mirror": {"population": 50, "pool_size": 5000, "generations": 20},
+    "c2fmi": {"adapter_hidden": 512, "adapter_lr": 0.01, "generations": 20},
+    "lokt": {"steps": 300, "samples": 5, "flip": False},
+    "secretgen": {},
 }  # fmt: skip
 prior_kwargs = {
     "kedmi_gan": {"latent_dim": 100, "width": 16, "critic_width": 16, "mbd_kernels": 64,
@@ -101,7 +107,16 @@ prior_kwargs = {
     "plg_cgan": {"top_n": 250, "iterations": 600, "latent_dim": 128, "gen_features": 8,
                  "dis_features": 8, "flip": False},
     "lomma_surrogates": {"epochs": 20},
-}  # target prior -> keyword arguments of its build (attacks' TargetPrior)  # fmt: skip
+    "style_generator": {},
+    "c2fmi_embedding": {"arch": "mnist_resnet", "epochs": 3},
+    "c2fmi_adapter": {},
+    "lokt_tacgan": {"warmup_iterations": 100, "iterations": 150, "batch_size": 32, "lr": 0.001,
+                    "gen_features": 8, "dis_features": 8, "surrogate_epochs": 3,
+                    "surrogate_batch_size": 128, "surrogate_images_per_epoch": 2560,
+                    "flip": False},
+    "secretgen_inpainter": {"latent_dim": 100, "width": 8, "critic_width": 16, "epochs": 6,
+                            "batch_size": 64, "reconstruction_weight": 0.05},
+}  # prior -> keyword arguments of its build (attacks' PublicPrior and TargetPrior)  # fmt: skip
 query_budgets = {}  # attack -> maximum number of target queries (absent: unlimited)
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
 progress = True  # progress bars

@@ -932,15 +932,19 @@ def _check_prior_kwargs(field: str, value: Any, values: Mapping[str, Any]) -> Is
     if not isinstance(value, dict):
         yield (
             field,
-            f"expects a mapping of target prior to keyword arguments, got {_describe(value)}",
+            f"expects a mapping of prior to keyword arguments, got {_describe(value)}",
         )
         return
     specs = _registry("mibench_lib.attacks", "SPECS")
-    priors = {p.name: p for spec in specs.values() for p in spec.target_priors}
+    priors = {
+        p.name: p
+        for spec in specs.values()
+        for p in (*spec.target_priors, *getattr(spec, "public_priors", ()))
+    }
     for name, kwargs in value.items():
         if name not in priors:
             known = _names(priors) if priors else "none (no registered attack trains one)"
-            yield field, f"unknown target prior {name!r}; known: {known}"
+            yield field, f"unknown prior {name!r}; known: {known}"
             continue
         yield from _check_kwargs(
             f"{field}.{name}", kwargs, priors[name].build, PRIOR_SUPPLIED, what=f"prior {name!r}"

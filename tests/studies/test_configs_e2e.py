@@ -109,7 +109,7 @@ PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
     "kedmi_gan": {"epochs": 1},
     "plg_cgan": {"iterations": 2, "top_n": 4},
     "lomma_surrogates": {"epochs": 1},
-    "style_generator": {"iterations": 2},
+    "style_generator": {"iterations": 2, "batch_size": 4, "channels": 8, "z_dim": 16, "w_dim": 16},
     "c2fmi_embedding": {"epochs": 1},
     "c2fmi_adapter": {},
     "lokt_tacgan": {

@@ -345,6 +345,6 @@ def test_resolutions_are_distinct_image_sides():
 
 def test_prior_kwargs_name_registered_target_priors():
     (line,) = _problems({"prior_kwargs": {"kedmi_gann": {"epochs": 1}}})
-    assert "field 'prior_kwargs': unknown target prior 'kedmi_gann'" in line
+    assert "field 'prior_kwargs': unknown prior 'kedmi_gann'" in line
     (line,) = _problems({"prior_kwargs": [1]})
-    assert "expects a mapping of target prior to keyword arguments" in line
+    assert "expects a mapping of prior to keyword arguments" in line
