@@ -67,12 +67,18 @@ gan_train = {"epochs": 100, "batch_size": 64, "n_critic": 5, "gp_weight": 10.0}
 
 # Attacks
 seeds = [0, 1, 2]  # attack seeds (every seed attacks the target trained with seeds[0])
-attacks = ["brep_mi"]  # query-access attacks (keys of mibench_lib.attacks.ATTACKS)
+attacks = ["brep_mi", "rlb_mi", "mirror", "c2fmi"]  # query-access attacks (ATTACKS keys)
 baselines = ["random_latent"]  # scored like attacks, no queries: the zero-query floor
 attack_kwargs = {
     "brep_mi": {"max_stale_iters": 1000, "max_radius": 30.0, "missing_start": "random"},
-}  # fmt: skip
-prior_kwargs = {}  # target prior -> keyword arguments of its build (attacks' TargetPrior)
+    "rlb_mi": {},
+    "mirror": {"population": 50, "pool_size": 5000},
+    "c2fmi": {"adapter_hidden": 512, "adapter_lr": 0.01},
+}  # official loop counts: the oracle's budget ends each run  # fmt: skip
+prior_kwargs = {
+    "style_generator": {},
+    "c2fmi_embedding": {"arch": "mnist_resnet", "epochs": 3},
+}  # prior -> keyword arguments of its build (attacks' PublicPrior and TargetPrior)  # fmt: skip
 query_budgets = {}  # attack -> maximum number of target queries (this study sets them per run)
 inception_weights = ""  # local Inception-v3 weights for FID; empty: evaluator features
 progress = True  # progress bars
@@ -80,9 +86,9 @@ progress = True  # progress bars
 # This study
 target_train = {"epochs": 4, "batch_size": 64, "lr": 0.001}  # train_classifier keyword arguments
 # queries per label entry; each run's oracle answers this x (number of entries) queries in all
-budgets_per_class = [300, 1000, 3000, 10000]
+budgets_per_class = [100, 300, 1000]
 # official search budget per label entry, from each paper's default loop counts (the figure's marks)
-official_budgets = {"brep_mi": 33000}  # fmt: skip
+official_budgets = {"brep_mi": 33000, "rlb_mi": 80000, "mirror": 200000, "c2fmi": 32048}
 
 # %%
 bench = open_study(globals())
