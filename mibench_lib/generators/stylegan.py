@@ -785,8 +785,14 @@ def build_style_generator(
     ema_rampup: float | None = 0.05,
     style_mixing: float = 0.0,
     mbstd_group_size: int = 4,
+    weights: str = "",
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Train a :class:`StyleGenerator` on public images (labels never read); return ``G_ema``.
+
+    With ``weights`` (the path stem of the ``.safetensors`` and ``.json`` written by
+    ``scripts/convert_stylegan2_ada.py`` from a trusted official pickle), nothing is trained: the
+    converted ``G_ema`` is loaded strictly (:func:`load_stylegan2_ada`) and returned as it is; it
+    must draw images of the public images' shape.
 
     Each iteration is one generator step (non-saturating loss ``softplus(-D(G(z)))``) and one
     discriminator step (``softplus(D(G(z))) + softplus(-D(x))``) on a batch of ``batch_size``
@@ -834,6 +840,7 @@ def build_style_generator(
         ema_rampup: EMA ramp-up ratio (official 0.05), None = off.
         style_mixing: Probability of mixing two latents at a random layer (official 0.9; 0 off).
         mbstd_group_size: Minibatch-std group (official 4).
+        weights: Path stem of converted StyleGAN2-ADA weights ("" trains one).
 
     Returns:
         ``(tensors, meta)``: ``G_ema``'s state dict under its official names and JSON-able
@@ -850,6 +857,16 @@ def build_style_generator(
     """
     if not isinstance(public, ImageSet):
         raise TypeError(f"public must be an ImageSet, got {type(public).__name__}")
+    if weights:
+        g = load_stylegan2_ada(f"{weights}.safetensors", f"{weights}.json")
+        if tuple(g.output_shape) != tuple(public.image_shape):
+            raise ValueError(
+                f"style_generator weights {weights!r} draw images of shape "
+                f"{tuple(g.output_shape)}, the public images are {tuple(public.image_shape)}: "
+                "use weights at the study's resolution and channels"
+            )
+        tensors = {k: v.detach().cpu().contiguous() for k, v in g.state_dict().items()}
+        return tensors, {"hparams": g.hparams, "weights": str(weights)}
     c, h, w = public.image_shape
     if h != w:
         raise ValueError(f"public images must be square, got {public.image_shape}")

@@ -414,3 +414,25 @@ def test_load_stylegan2_ada_is_strict(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({**hp, "c_dim": 10}))
     with pytest.raises(ValueError, match="c_dim"):
         load_stylegan2_ada(tmp_path / "g.safetensors", tmp_path / "c.json")
+
+
+def test_the_style_prior_loads_converted_weights_instead_of_training(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from mibench_lib.data import ImageSet
+    from mibench_lib.generators.stylegan import build_style_generator, load_style_generator
+    from mibench_lib.testing import tiny_style_generator
+
+    g = tiny_style_generator()
+    save_file({k: v.contiguous() for k, v in g.state_dict().items()}, tmp_path / "g.safetensors")
+    (tmp_path / "g.json").write_text(json.dumps(g.hparams))
+    public = ImageSet(torch.rand(16, *g.output_shape), torch.full((16,), -1))
+    tensors, meta = build_style_generator(public, seed=0, weights=str(tmp_path / "g"))
+    loaded = load_style_generator(tensors, json.loads(json.dumps(meta)))
+    z = torch.randn(3, g.z_dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(z), g(z))
+    wrong = ImageSet(torch.rand(4, 1, 16, 16), torch.full((4,), -1))
+    with pytest.raises(ValueError, match="public images"):
+        build_style_generator(wrong, seed=0, weights=str(tmp_path / "g"))
