@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+
+def check_int(name: str, value: object, low: int = 1) -> int:
+    """``value`` as an ``int``; ``ValueError`` unless it is an integer (not a bool) >= ``low``.
+
+    >>> check_int("steps", 3), check_int("warmup", 0, low=0)
+    (3, 0)
+    >>> check_int("steps", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a ``float``; ``ValueError`` unless it is a finite real (not a bool) >= ``low``
+    (> ``low`` when ``strict``).
+
+    >>> check_real("weight", 0), check_real("lr", 0.5, strict=True)
+    (0.0, 0.5)
+    >>> check_real("lr", 0.0, strict=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number > 0, got 0.0
+    >>> check_real("weight", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: weight must be a finite number >= 0, got nan
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
+        raise ValueError(
+            f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}"
+        )
+    return float(value)  # type: ignore[arg-type]
 
 
 def check_images(

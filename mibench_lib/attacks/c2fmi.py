@@ -112,7 +112,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._query import affordable, released_scores
 from mibench_lib.attacks._result import InversionResult, StepCallback
@@ -339,26 +339,6 @@ class Embedding:
     classes: tuple[int, ...]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _real(name: str, value: object, *, low: float = 0.0, strict: bool = True) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):  # type: ignore[operator]
-        sign = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {sign} {low}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
 def _make_embedding_net(
     arch: str, num_classes: int, image_shape: tuple[int, int, int], arch_kwargs: Mapping[str, Any]
 ) -> nn.Module:
@@ -431,9 +411,9 @@ def build_c2fmi_embedding(
         raise ValueError(
             f"C2FMI's embedding network needs at least 2 public classes, got {classes.tolist()}"
         )
-    _positive_int("epochs", epochs)
-    _positive_int("batch_size", batch_size)
-    _real("lr", lr)
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_real("lr", lr, strict=True)
     if not (isinstance(test_fraction, numbers.Real) and 0 < test_fraction < 1):
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     arch_kwargs = dict(arch_kwargs or {})
@@ -579,12 +559,12 @@ def build_c2fmi_adapter(
             f"public images of shape {tuple(public.image_shape)} do not fit the target's input "
             f"shape {tuple(oracle.input_shape)}"
         )
-    _positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     m = len(public)
     if max_images is None or max_images >= m:
         index = torch.arange(m)
     else:
-        _positive_int("max_images", max_images)
+        check_int("max_images", max_images)
         gen = torch.Generator().manual_seed(seed)
         index = torch.randperm(m, generator=gen)[:max_images].sort().values
     outs = []
@@ -818,14 +798,14 @@ def c2fmi_attack(
     generator = _check_style_generator(style_generator)
     for name, value in (("adapter_hidden", adapter_hidden), ("adapter_batch_size", adapter_batch_size),
                         ("starts", starts), ("keep", keep), ("population", population)):  # fmt: skip
-        _positive_int(name, value)
+        check_int(name, value)
     for name, value in (("adapter_epochs", adapter_epochs), ("coarse_steps", coarse_steps),
                         ("generations", generations), ("pairs", pairs)):  # fmt: skip
-        _non_negative_int(name, value)
-    _real("adapter_lr", adapter_lr)
-    _real("coarse_lr", coarse_lr)
-    _real("beta", beta, strict=False)
-    _real("best_weight", best_weight, low=-math.inf)
+        check_int(name, value, 0)
+    check_real("adapter_lr", adapter_lr, strict=True)
+    check_real("coarse_lr", coarse_lr, strict=True)
+    check_real("beta", beta)
+    check_real("best_weight", best_weight, low=-math.inf, strict=True)
     if not (isinstance(crossover, numbers.Real) and 0 <= crossover <= 1):
         raise ValueError(f"crossover must lie in [0, 1], got {crossover!r}")
     if not (isinstance(adapter_val_fraction, numbers.Real) and 0 <= adapter_val_fraction < 1):
@@ -837,7 +817,7 @@ def c2fmi_attack(
     if keep < population and keep < 3:
         raise ValueError(f"keep must be >= 3 to breed new members (population > keep), got {keep}")
     if chunk is not None:
-        _positive_int("chunk", chunk)
+        check_int("chunk", chunk)
     if not isinstance(c2fmi_embedding, Embedding) or not isinstance(c2fmi_adapter, AdapterData):
         raise TypeError(
             "c2fmi_embedding and c2fmi_adapter must be what the 'c2fmi_embedding' and "

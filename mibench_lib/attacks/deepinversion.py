@@ -94,7 +94,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
@@ -260,9 +260,9 @@ def deepinversion_attack(
         )
     check_labels(labels, oracle.num_classes)
     channels = oracle.input_shape[0]
-    _check_int("iterations", iterations, 1)
-    _check_int("warmup", warmup, 0)
-    _check_int("jitter", jitter, 0)
+    check_int("iterations", iterations, 1)
+    check_int("warmup", warmup, 0)
+    check_int("jitter", jitter, 0)
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     beta_pair = _betas(betas)
@@ -369,11 +369,6 @@ def deepinversion_attack(
             "bn_layers": len(bn.layers),
         },
     )
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _betas(betas: object) -> tuple[float, float]:

@@ -107,7 +107,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
@@ -263,10 +263,10 @@ def if_gmi_attack(
     scale = _pair("crop_scale", crop_scale, lambda s: 0 < s <= 1, "two numbers in (0, 1]")
     if scale[0] > scale[1]:
         raise ValueError(f"crop_scale must be (low, high) with low <= high, got {crop_scale!r}")
-    _check_int("pool", pool, 1)
-    _check_int("samples", samples, 1)
+    check_int("pool", pool, 1)
+    check_int("samples", samples, 1)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     most = int(labels.bincount().max())
     if pool < most * samples:
         raise ValueError(
@@ -577,11 +577,6 @@ def _search(
             w_dev.append(float(_l1_from(w, w_start).max()))
             f_dev.append(0.0 if k == 0 else float(_l1_from(feature, f_start).max()))
     return w, images, w_dev, f_dev
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _int_list(name: str, value: object, low: int) -> list[int]:

@@ -104,7 +104,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec, TargetPrior
@@ -379,18 +379,6 @@ def _rows(images: Tensor | ImageSet, index: Tensor | slice) -> Tensor:
     return images[index][0] if isinstance(images, ImageSet) else images[index]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name: str, value: object) -> float:
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _make_networks(
     image_shape: tuple[int, int, int],
     num_classes: int,
@@ -501,7 +489,7 @@ def build_kedmi_gan(
         ("batch_size", batch_size),
         ("n_critic", n_critic),
     ):
-        _positive_int(name, value)
+        check_int(name, value)
     if batch_size > len(public):
         raise ValueError(
             f"batch_size must be at most the number of public images ({len(public)}), got "
@@ -512,8 +500,8 @@ def build_kedmi_gan(
     beta_pair = tuple(float(b) for b in betas)
     if len(beta_pair) != 2 or not all(0 <= b < 1 for b in beta_pair):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    _non_negative("unlabelled_weight", unlabelled_weight)
-    _non_negative("entropy_weight", entropy_weight)
+    check_real("unlabelled_weight", unlabelled_weight)
+    check_real("entropy_weight", entropy_weight)
     sizes = {
         "latent_dim": int(latent_dim),
         "width": int(width),
@@ -746,14 +734,14 @@ def kedmi_attack(
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    _non_negative("lambda_iden", lambda_iden)
-    _positive_int("samples", samples)
+    check_real("lambda_iden", lambda_iden)
+    check_int("samples", samples)
     if clip is not None and not (isinstance(clip, numbers.Real) and clip > 0):
         raise ValueError(f"clip must be None or a positive number, got {clip!r}")
     if identity_loss is not None and not callable(identity_loss):
         raise TypeError(f"identity_loss must be None or callable, got {identity_loss!r}")
     if batch_size is not None:
-        _positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
     if not (isinstance(loss_divisor, numbers.Real) and math.isfinite(loss_divisor)):
         raise ValueError(f"loss_divisor must be a positive number, got {loss_divisor!r}")
     if loss_divisor <= 0:

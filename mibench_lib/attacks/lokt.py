@@ -101,7 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._query import affordable, released_scores
 from mibench_lib.attacks._result import InversionResult, StepCallback
@@ -112,8 +112,6 @@ from mibench_lib.attacks.plg_mi import (
     _as_float,
     _betas,
     _blocks_for,
-    _check_int,
-    _check_real,
     _DiscriminatorBlock,
     _EpochSampler,
     _OptimizedBlock,
@@ -174,8 +172,8 @@ class TACGANDiscriminator(nn.Module):
         num_features: int = 64,
     ) -> None:
         super().__init__()
-        _check_int("num_classes", num_classes, 1)
-        _check_int("num_features", num_features, 1)
+        check_int("num_classes", num_classes, 1)
+        check_int("num_features", num_features, 1)
         c, h, _ = _square_shape(image_shape)
         k = _blocks_for(h, 2, "TACGANDiscriminator")
         ch = [num_features * 2**i for i in range(k)]
@@ -380,14 +378,14 @@ def build_lokt_tacgan(
             surrogate architecture.
         QueryBudgetExceeded: the oracle's budget cannot pay the surrogate data.
     """
-    _check_int("num_classes", num_classes, 2)
+    check_int("num_classes", num_classes, 2)
     if num_classes != oracle.num_classes:
         raise ValueError(
             f"num_classes must be the target's ({oracle.num_classes}), got {num_classes}"
         )
-    _check_int("warmup_iterations", warmup_iterations, 0)
-    _check_int("iterations", iterations, 0)
-    _check_int("surrogate_epochs", surrogate_epochs, 0)
+    check_int("warmup_iterations", warmup_iterations, 0)
+    check_int("iterations", iterations, 0)
+    check_int("surrogate_epochs", surrogate_epochs, 0)
     for name, value in (
         ("batch_size", batch_size),
         ("n_dis", n_dis),
@@ -399,12 +397,12 @@ def build_lokt_tacgan(
         ("surrogate_batch_size", surrogate_batch_size),
         ("label_batch_size", label_batch_size),
     ):
-        _check_int(name, value, 1)
-    _check_int("surrogate_images_per_epoch", surrogate_images_per_epoch, surrogate_batch_size)
-    _check_real("lr", lr, positive=True)
-    _check_real("alpha", alpha, positive=False)
-    _check_real("surrogate_lr", surrogate_lr, positive=True)
-    _check_real("surrogate_weight_decay", surrogate_weight_decay, positive=False)
+        check_int(name, value, 1)
+    check_int("surrogate_images_per_epoch", surrogate_images_per_epoch, surrogate_batch_size)
+    check_real("lr", lr, strict=True)
+    check_real("alpha", alpha)
+    check_real("surrogate_lr", surrogate_lr, strict=True)
+    check_real("surrogate_weight_decay", surrogate_weight_decay)
     if not (isinstance(surrogate_momentum, numbers.Real) and 0 <= surrogate_momentum < 1):
         raise ValueError(f"surrogate_momentum must lie in [0, 1), got {surrogate_momentum!r}")
     beta_pair = _betas(betas)
@@ -862,12 +860,12 @@ def lokt_attack(
         (torch.Size([4, 1, 8, 8]), [0, 3, 0, 3], 0, 0)
     """
     check_labels(labels, oracle.num_classes)
-    _check_int("steps", steps, 0)
-    _check_real("lr", lr, positive=True)
-    _check_int("views", views, 1)
-    _check_int("samples", samples, 1)
+    check_int("steps", steps, 0)
+    check_real("lr", lr, strict=True)
+    check_int("views", views, 1)
+    check_int("samples", samples, 1)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     generator, models = _check_prior(lokt_tacgan, oracle, bool(use_discriminator))
 
     start_queries, t0 = oracle.queries, time.perf_counter()

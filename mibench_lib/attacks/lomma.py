@@ -84,7 +84,6 @@ configs):
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -95,6 +94,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mibench_lib._checks import check_int, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec, TargetPrior
@@ -454,12 +454,12 @@ def build_lomma_surrogates(
         raise ValueError(
             f"architectures must be a non-empty sequence of names, got {architectures!r}"
         )
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("query_batch_size", query_batch_size, 1)
-    _check_real("lr", lr, positive=True)
-    _check_real("weight_decay", weight_decay)
-    _check_real("temperature", temperature, positive=True)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("query_batch_size", query_batch_size, 1)
+    check_real("lr", lr, strict=True)
+    check_real("weight_decay", weight_decay)
+    check_real("temperature", temperature, strict=True)
     if not (isinstance(momentum, numbers.Real) and 0 <= momentum < 1):
         raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
     n = len(public)
@@ -936,19 +936,7 @@ def _variant(variant: object) -> Variant:
 
 
 def _check_lam(lam: object) -> None:
-    _check_real("lam", lam)
-
-
-def _check_real(name: str, value: object, *, positive: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_real("lam", lam)
 
 
 #: LOMMA on GMI: what the study engine needs to know.

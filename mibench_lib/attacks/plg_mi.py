@@ -104,7 +104,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec, TargetPrior
@@ -155,7 +155,7 @@ def top_n_pseudo_labels(probs: Tensor, n: int) -> Tensor:
     if not isinstance(probs, Tensor) or probs.ndim != 2 or not probs.is_floating_point():
         shape = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
         raise ValueError(f"probs must be a (P, K) float tensor, got {shape}")
-    _check_int("n", n, 1)
+    check_int("n", n, 1)
     if n > probs.shape[0]:
         raise ValueError(
             f"n (top_n) must be at most the number of public images, {probs.shape[0]}, got {n}"
@@ -306,10 +306,10 @@ class ConditionalResNetGenerator(nn.Module):
         bottom_width: int = 4,
     ) -> None:
         super().__init__()
-        _check_int("num_classes", num_classes, 1)
-        _check_int("latent_dim", latent_dim, 1)
-        _check_int("num_features", num_features, 1)
-        _check_int("bottom_width", bottom_width, 1)
+        check_int("num_classes", num_classes, 1)
+        check_int("latent_dim", latent_dim, 1)
+        check_int("num_features", num_features, 1)
+        check_int("bottom_width", bottom_width, 1)
         c, h, w = _square_shape(image_shape)
         k = _blocks_for(h, bottom_width, "ConditionalResNetGenerator")
         self.num_classes, self.latent_dim = int(num_classes), int(latent_dim)
@@ -393,8 +393,8 @@ class ProjectionDiscriminator(nn.Module):
         num_features: int = 64,
     ) -> None:
         super().__init__()
-        _check_int("num_classes", num_classes, 1)
-        _check_int("num_features", num_features, 1)
+        check_int("num_classes", num_classes, 1)
+        check_int("num_features", num_features, 1)
         c, h, _ = _square_shape(image_shape)
         k = _blocks_for(h, 2, "ProjectionDiscriminator")
         ch = [num_features * 2**i for i in range(k)]
@@ -566,12 +566,12 @@ def build_plg_cgan(
             f"the PLG-MI cGAN back-propagates through the target (a 'white-box' oracle), got "
             f"access {oracle.access!r}"
         )
-    _check_int("num_classes", num_classes, 2)
+    check_int("num_classes", num_classes, 2)
     if num_classes != oracle.num_classes:
         raise ValueError(
             f"num_classes must be the target's ({oracle.num_classes}), got {num_classes}"
         )
-    _check_int("iterations", iterations, 0)
+    check_int("iterations", iterations, 0)
     for name, value, low in (
         ("top_n", top_n, 1),
         ("batch_size", batch_size, 1),
@@ -582,9 +582,9 @@ def build_plg_cgan(
         ("bottom_width", bottom_width, 1),
         ("label_batch_size", label_batch_size, 1),
     ):
-        _check_int(name, value, low)
-    _check_real("lr", lr, positive=True)
-    _check_real("alpha", alpha, positive=False)
+        check_int(name, value, low)
+    check_real("lr", lr, strict=True)
+    check_real("alpha", alpha)
     beta_pair = _betas(betas)
     if not isinstance(public, ImageSet):
         raise TypeError(f"public must be an ImageSet, got {type(public).__name__}")
@@ -822,12 +822,12 @@ def plg_mi_attack(
             f"{oracle.access!r}"
         )
     check_labels(labels, oracle.num_classes)
-    _check_int("steps", steps, 0)
-    _check_real("lr", lr, positive=True)
-    _check_int("views", views, 1)
-    _check_int("samples", samples, 1)
+    check_int("steps", steps, 0)
+    check_real("lr", lr, strict=True)
+    check_int("views", views, 1)
+    check_int("samples", samples, 1)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     check_target(oracle.module)  # before any work: no queries, no random state used
     generator = _check_cgan(plg_cgan, oracle)
 
@@ -960,19 +960,6 @@ def _check_cgan(plg_cgan: object, oracle: TargetOracle) -> nn.Module:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_real(name: str, value: object, *, positive: bool) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):  # type: ignore[operator]
-        raise ValueError(
-            f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
-        )
-
-
 def _betas(betas: object) -> tuple[float, float]:
     if (
         not isinstance(betas, Sequence)

@@ -100,7 +100,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._query import affordable, released_scores
 from mibench_lib.attacks._result import InversionResult, StepCallback
@@ -378,11 +378,6 @@ def _sample_indices(
 
 
 # -- the attack -------------------------------------------------------------------------------
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _check_real(name: str, value: object, low: float, high: float, *, open_low: bool) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (low < value if open_low else low <= value) or value > high:  # type: ignore[operator]
@@ -499,18 +494,18 @@ def rlb_mi_attack(
         (torch.Size([2, 1, 8, 8]), 20, 3)
     """
     check_labels(labels, oracle.num_classes)
-    _check_int("episodes", episodes, 0)
+    check_int("episodes", episodes, 0)
     _check_real("alpha", alpha, 0.0, 1.0, open_low=False)
     weights = _check_weights(reward_weights)
-    _check_int("hidden", hidden, 1)
+    check_int("hidden", hidden, 1)
     _check_real("lr", lr, 0.0, math.inf, open_low=True)
     _check_real("gamma", gamma, 0.0, 1.0, open_low=False)
     _check_real("tau", tau, 0.0, 1.0, open_low=True)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("learn_start", learn_start, max(0, batch_size - 1))
-    _check_int("replay_size", replay_size, learn_start + 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("learn_start", learn_start, max(0, batch_size - 1))
+    check_int("replay_size", replay_size, learn_start + 1)
     if query_batch is not None:
-        _check_int("query_batch", query_batch, 1)
+        check_int("query_batch", query_batch, 1)
     check_generator(generator, image_shape=oracle.input_shape)
 
     start_queries, t0 = oracle.queries, time.perf_counter()

@@ -110,7 +110,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels, check_real
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._masked import MaskedImages, center_mask
 from mibench_lib.attacks._query import affordable, released_scores
@@ -198,8 +198,8 @@ class InpaintingGenerator(nn.Module):
                 f"InpaintingGenerator needs square images with a side divisible by 4 and >= 8, "
                 f"got {tuple(image_shape)}"
             )
-        _positive_int("latent_dim", latent_dim)
-        _positive_int("width", width)
+        check_int("latent_dim", latent_dim)
+        check_int("width", width)
         b = h // 4  # bottleneck side
         dilated = [d for d in (2, 4, 8, 16) if d < b]
         self.context = nn.Sequential(
@@ -263,7 +263,7 @@ class WGANCritic(nn.Module):
         c, h, w = (int(s) for s in input_shape)
         if h != w or h < 2:
             raise ValueError(f"WGANCritic needs square inputs of side >= 2, got {input_shape}")
-        _positive_int("width", width)
+        check_int("width", width)
         blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(c, width, 5, 2, 2), nn.LeakyReLU(0.2))]
         side, ch = (h + 1) // 2, width
         while side > 4:
@@ -362,26 +362,6 @@ def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tenso
     _, score = critic(x)
     (g,) = torch.autograd.grad(score.sum(), x, create_graph=True)
     return ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _finite(name: str, value: object, *, low: float, strict: bool) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        bound = f"> {low}" if strict else f">= {low}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 def _mean_pixel(public: ImageSet, chunk: int = 1024) -> Tensor:
@@ -490,7 +470,7 @@ def build_secretgen_inpainter(
         ("epochs", epochs),
         ("batch_size", batch_size),
     ):
-        _positive_int(name, value)
+        check_int(name, value)
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}")
     if batch_size > len(public):
@@ -498,13 +478,13 @@ def build_secretgen_inpainter(
             f"batch_size must be at most the number of public images ({len(public)}), got "
             f"{batch_size}"
         )
-    _finite("lr", lr, low=0.0, strict=True)
+    check_real("lr", lr, strict=True)
     beta_pair = tuple(float(b) for b in betas)
     if len(beta_pair) != 2 or not all(0 <= b < 1 for b in beta_pair):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    _finite("gp_weight", gp_weight, low=0.0, strict=False)
-    _finite("diversity_weight", diversity_weight, low=0.0, strict=False)
-    _finite("reconstruction_weight", reconstruction_weight, low=0.0, strict=False)
+    check_real("gp_weight", gp_weight)
+    check_real("diversity_weight", diversity_weight)
+    check_real("reconstruction_weight", reconstruction_weight)
     for name, value in (("mask_fraction", mask_fraction), ("patch_fraction", patch_fraction)):
         if not (isinstance(value, numbers.Real) and 0 < value < 1):
             raise ValueError(f"{name} must be in (0, 1), got {value!r}")
@@ -887,8 +867,8 @@ def secretgen_attack(
             f"secretgen_inpainter was built for images of shape {tuple(generator.image_shape)}, "
             f"the target takes {shape}"
         )
-    _positive_int("candidates", candidates)
-    _non_negative_int("cutouts", cutouts)
+    check_int("candidates", candidates)
+    check_int("cutouts", cutouts, 0)
     if cutouts and math.isqrt(cutouts) ** 2 != cutouts:
         raise ValueError(f"cutouts must be 0 or a square (4, 9, 16, ...), got {cutouts}")
     side = shape[1]
@@ -902,15 +882,15 @@ def secretgen_attack(
         raise ValueError(
             f"cutout_size must be None or an integer in [1, {side}], got {cutout_size!r}"
         )
-    _non_negative_int("steps", steps)
-    _finite("step_size", step_size, low=0.0, strict=True)
+    check_int("steps", steps, 0)
+    check_real("step_size", step_size, strict=True)
     if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
             and 0 <= momentum < 1):  # fmt: skip
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     if not isinstance(label_known, bool):
         raise ValueError(f"label_known must be a bool, got {label_known!r}")
     if query_batch is not None:
-        _positive_int("query_batch", query_batch)
+        check_int("query_batch", query_batch)
 
     t0, q0 = time.perf_counter(), oracle.queries
     device = secretgen_inpainter.mean_pixel.device

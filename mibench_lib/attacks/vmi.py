@@ -97,7 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mibench_lib._checks import check_labels
+from mibench_lib._checks import check_int, check_labels
 from mibench_lib.attacks._frozen import eval_mode
 from mibench_lib.attacks._result import InversionResult, StepCallback
 from mibench_lib.attacks._spec import AttackSpec
@@ -258,13 +258,13 @@ def vmi_attack(
             f"{oracle.access!r}"
         )
     check_labels(labels, oracle.num_classes)
-    _check_int("iterations", iterations, 0)
-    _check_int("samples_per_step", samples_per_step, 1)
-    _check_int("samples", samples, 1)
-    _check_int("flow_steps", flow_steps, 1)
-    _check_int("hidden", hidden, 1)
+    check_int("iterations", iterations, 0)
+    check_int("samples_per_step", samples_per_step, 1)
+    check_int("samples", samples, 1)
+    check_int("flow_steps", flow_steps, 1)
+    check_int("hidden", hidden, 1)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     _check_real("lr", lr, low=0.0, low_open=True)
     _check_real("momentum", momentum, low=0.0, high=1.0)
     _check_real("weight_decay", weight_decay, low=0.0)
@@ -384,11 +384,6 @@ def vmi_attack(
             **history,
         },
     )
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _check_real(

@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mibench_lib._checks import check_int, check_real
 from mibench_lib.data._types import ImageSet
 from mibench_lib.generators.base import Generator
 from mibench_lib.progress import tqdm
@@ -751,18 +752,6 @@ class StyleDiscriminator(nn.Module):
 # ------------------------------------------------------------------------------------- training
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name: str, value: Any) -> float:
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
 def build_style_generator(
     public: ImageSet,
     *,
@@ -870,17 +859,17 @@ def build_style_generator(
     c, h, w = public.image_shape
     if h != w:
         raise ValueError(f"public images must be square, got {public.image_shape}")
-    z_dim, w_dim = _positive_int("z_dim", z_dim), _positive_int("w_dim", w_dim)
-    mapping_layers = _positive_int("mapping_layers", mapping_layers)
-    channels = _positive_int("channels", channels)
-    channel_base = _positive_int(
+    z_dim, w_dim = check_int("z_dim", z_dim), check_int("w_dim", w_dim)
+    mapping_layers = check_int("mapping_layers", mapping_layers)
+    channels = check_int("channels", channels)
+    channel_base = check_int(
         "channel_base", 16 * channels if channel_base is None else channel_base
     )
-    d_channels = _positive_int("d_channels", channels if d_channels is None else d_channels)
-    iterations = _positive_int("iterations", iterations)
-    batch_size = _positive_int("batch_size", batch_size)
-    r1_interval = _positive_int("r1_interval", r1_interval)
-    mbstd_group_size = _positive_int("mbstd_group_size", mbstd_group_size)
+    d_channels = check_int("d_channels", channels if d_channels is None else d_channels)
+    iterations = check_int("iterations", iterations)
+    batch_size = check_int("batch_size", batch_size)
+    r1_interval = check_int("r1_interval", r1_interval)
+    mbstd_group_size = check_int("mbstd_group_size", mbstd_group_size)
     if batch_size > len(public):
         raise ValueError(
             f"batch_size must be at most the number of public images ({len(public)}), got "
@@ -891,10 +880,10 @@ def build_style_generator(
     beta_pair = tuple(float(b) for b in betas)
     if len(beta_pair) != 2 or not all(0 <= b < 1 for b in beta_pair):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    r1_gamma = _non_negative("r1_gamma", r1_gamma)
-    ema_kimg = _non_negative("ema_kimg", ema_kimg)
+    r1_gamma = check_real("r1_gamma", r1_gamma)
+    ema_kimg = check_real("ema_kimg", ema_kimg)
     if ema_rampup is not None:
-        _non_negative("ema_rampup", ema_rampup)
+        check_real("ema_rampup", ema_rampup)
     if not (isinstance(style_mixing, numbers.Real) and 0 <= style_mixing <= 1):
         raise ValueError(f"style_mixing must be a probability, got {style_mixing!r}")
     if h < 8 or 2 ** int(math.log2(h)) != h:
