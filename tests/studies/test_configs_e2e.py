@@ -99,7 +99,7 @@ ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "if_gmi": {"steps": [1, 1], "pool": 8, "samples": 2},
     "rlb_mi": {"episodes": 2, "batch_size": 2, "learn_start": 1},
     "mirror": {"population": 4, "pool_size": 8, "generations": 1},
-    "c2fmi": {"coarse_steps": 1, "generations": 1, "adapter_epochs": 1, "starts": 4, "keep": 2},
+    "c2fmi": {"coarse_steps": 1, "generations": 1, "adapter_epochs": 1, "starts": 4, "keep": 3},
     "lokt": {"steps": 1, "samples": 1},
     "secretgen": {"candidates": 2, "steps": 1},
 }
@@ -119,7 +119,7 @@ PRIOR_BUDGETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "surrogate_epochs": 1,
         "surrogate_batch_size": 8,
-        "surrogate_images_per_epoch": 16,
+        "surrogate_images_per_epoch": 8,
     },
     "secretgen_inpainter": {"epochs": 1, "width": 4, "critic_width": 8, "latent_dim": 8},
 }
