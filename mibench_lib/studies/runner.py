@@ -77,6 +77,7 @@ __all__ = [
     "MARKER",
     "NOTEBOOKS_DIR",
     "OUTPUTS_DIR",
+    "OUTSIDE_KERNEL",
     "PARAMETERS_DIR",
     "PREVIOUS",
     "REPO_ROOT",
@@ -226,12 +227,24 @@ def unmet_requirements(params: Mapping[str, Any], *, root: Path = REPO_ROOT) -> 
 # ----------------------------------------------------------------------------- hashing
 
 
+#: Modules that run outside the notebook's kernel (the command line, this runner, the report, the
+#: cluster submission, side-by-side comparison): they cannot change what a notebook computes, so
+#: editing them leaves finished runs current. ``tests/studies/test_study_runner.py`` checks that no
+#: study notebook imports them.
+OUTSIDE_KERNEL: frozenset[str] = frozenset(
+    f"studies/{name}.py" for name in ("__main__", "cli", "cluster", "compare", "report", "runner")
+)
+
+
 def source_tree_hash(root: str | Path = CODE_DIR) -> str:
-    """SHA-256 over the relative paths and bytes of every ``*.py`` file below ``root``."""
+    """SHA-256 over the relative paths and bytes of every ``*.py`` file below ``root``.
+
+    Files named in :data:`OUTSIDE_KERNEL` (relative to ``root``) are left out.
+    """
     base = Path(root)
     digest = hashlib.sha256()
     for path in sorted(base.rglob("*.py")):
-        if "__pycache__" in path.parts:
+        if "__pycache__" in path.parts or path.relative_to(base).as_posix() in OUTSIDE_KERNEL:
             continue
         digest.update(path.relative_to(base).as_posix().encode())
         digest.update(b"\0")

@@ -65,6 +65,30 @@ def test_source_tree_hash_tracks_python_files(tree):
     assert source_tree_hash(tree.code) == before
     (tree.code / "module.py").write_text("X = 2\n")
     assert source_tree_hash(tree.code) != before
+    (tree.code / "studies").mkdir(exist_ok=True)
+    changed = source_tree_hash(tree.code)
+    (tree.code / "studies" / "report.py").write_text("Y = 1\n")  # outside the kernel
+    assert source_tree_hash(tree.code) == changed
+
+
+def test_notebooks_do_not_import_modules_left_out_of_the_code_hash():
+    """The code hash skips OUTSIDE_KERNEL; that is only sound if no notebook imports them."""
+    import re
+    import subprocess
+    import sys
+
+    from mibench_lib.studies.runner import NOTEBOOKS_DIR, OUTSIDE_KERNEL
+
+    imports = set()
+    for script in sorted(NOTEBOOKS_DIR.glob("*.py")):
+        for line in script.read_text().splitlines():
+            if re.match(r"\s*(from mibench_lib\S* import |import mibench_lib)", line):
+                imports.add(line.strip())
+    assert imports, "no notebook imports found"
+    outside = sorted("mibench_lib." + p[: -len(".py")].replace("/", ".") for p in OUTSIDE_KERNEL)
+    probe = "\n".join([*sorted(imports), "import sys", f"print([m for m in {outside!r} if m in sys.modules])"])
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_invalid_parameters_write_nothing(tree):
