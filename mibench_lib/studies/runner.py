@@ -228,11 +228,13 @@ def unmet_requirements(params: Mapping[str, Any], *, root: Path = REPO_ROOT) -> 
 
 
 #: Modules that run outside the notebook's kernel (the command line, this runner, the report, the
-#: cluster submission, side-by-side comparison): they cannot change what a notebook computes, so
+#: cluster submission, side-by-side comparison, the explorer): they cannot change what a notebook computes, so
 #: editing them leaves finished runs current. ``tests/studies/test_study_runner.py`` checks that no
 #: study notebook imports them.
 OUTSIDE_KERNEL: frozenset[str] = frozenset(
-    f"studies/{name}.py" for name in ("__main__", "cli", "cluster", "compare", "report", "runner")
+    f"studies/{name}.py" for name in (
+        "__main__", "cli", "cluster", "compare", "explore", "report", "runner"
+    )
 )
 
 
