@@ -5,6 +5,8 @@ Usage::
     mibench run parameters/<study>/<config>.yaml [-p KEY VALUE ...] [--force] [--out-root DIR]
         [--wait]
     mibench run-all [--study S] [--jobs N] [--force] [--include-tiny] [--out-root DIR] [--wait]
+        [--executor pool|local|slurm] [--time-min M] [--partition P] [--gpus G] [--mem-gb M]
+        [--cpus C] [--cluster-config FILE] [--no-wait]
     mibench validate parameters/<study>/<config>.yaml [-p KEY VALUE ...]
     mibench list
     mibench compare FOLDER [FOLDER ...] [--metrics M [M ...]] [--out DIR]
@@ -12,7 +14,9 @@ Usage::
 ``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is
 reported on stderr (one line per problem) with exit status 2; a failed run is one line naming the
 executed notebook and status 1. A run whose output folder another run is writing is refused with
-status 1 (one line naming that run), or with ``--wait`` waits for it. ``compare`` puts the
+status 1 (one line naming that run), or with ``--wait`` waits for it. ``run-all --executor local``
+or ``slurm`` runs each configuration as a submitit job (see :mod:`mibench_lib.studies.cluster`);
+a failed job's status line names its log. ``compare`` puts the
 ``results.csv`` of several output folders side by side (see :mod:`mibench_lib.studies.compare`);
 a folder it cannot read is reported as one line with status 2.
 """
@@ -75,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_all = sub.add_parser("run-all", help="run every configuration (tiny.yaml excluded)")
     run_all.add_argument("--study", default=None, help="only this study")
-    run_all.add_argument("--jobs", type=int, default=1, help="configurations run in parallel")
+    run_all.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="configurations run in parallel (default 1; with --executor slurm: the array's "
+        "parallelism)",
+    )
     run_all.add_argument("--force", action="store_true", help="re-run completed configurations")
     run_all.add_argument("--include-tiny", action="store_true", help="also run tiny.yaml")
     run_all.add_argument("--out-root", default=None, help="output root (default: <repo>/outputs)")
@@ -83,6 +93,36 @@ def build_parser() -> argparse.ArgumentParser:
     run_all.add_argument("--kernel", default="python3", help="Jupyter kernel name")
     run_all.add_argument(
         "--wait", action="store_true", help="wait for configurations another run is writing"
+    )
+    cluster = run_all.add_argument_group(
+        "submitit executors",
+        "run each configuration as a submitit job (see docs/cluster.example.yaml)",
+    )
+    cluster.add_argument(
+        "--executor",
+        choices=("pool", "local", "slurm"),
+        default="pool",
+        help="pool: processes of this command (default); local: submitit jobs on this machine, "
+        "logs in <out-root>/.submitit; slurm: one Slurm job array",
+    )
+    cluster.add_argument(
+        "--time-min", type=int, default=None, help="wall-clock limit of each job in minutes"
+    )
+    cluster.add_argument("--partition", default=None, help="Slurm partition")
+    cluster.add_argument("--gpus", type=int, default=None, help="GPUs of each Slurm job")
+    cluster.add_argument("--mem-gb", type=float, default=None, help="memory of each Slurm job")
+    cluster.add_argument("--cpus", type=int, default=None, help="CPU cores of each Slurm job")
+    cluster.add_argument(
+        "--cluster-config",
+        default=None,
+        metavar="FILE",
+        help="YAML of Slurm resources (submitit names: slurm_partition, timeout_min, "
+        "gpus_per_node, mem_gb, cpus_per_task, ...); options override it",
+    )
+    cluster.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="submit the Slurm jobs, print their ids and return without waiting",
     )
 
     validate = sub.add_parser("validate", help="check a parameter file without running it")
@@ -123,7 +163,12 @@ def _list() -> int:
     from mibench_lib.data import DATASETS
     from mibench_lib.metrics import METRICS
     from mibench_lib.models import MODELS
-    from mibench_lib.studies.runner import list_configs, list_studies
+    from mibench_lib.studies.runner import (
+        PARAMETERS_DIR,
+        STUDY_FILES_FROM,
+        list_configs,
+        list_studies,
+    )
 
     _say(f"datasets: {_names(DATASETS)}")
     _say(f"models: {_names(MODELS)}")
@@ -139,7 +184,7 @@ def _list() -> int:
         _say("defenses: none yet")
     else:
         _say(f"defenses: {_names(defenses.DEFENSES)}")
-    _say("studies:")
+    _say(f"studies (from {STUDY_FILES_FROM}: {display_path(PARAMETERS_DIR.parent)}):")
     for study in list_studies():
         _say(f"  {study}: {', '.join(list_configs(study)) or 'no configurations'}")
     return EXIT_OK
@@ -178,23 +223,85 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: run-all options of the submitit executors: (attribute, option, executors allowing it).
+_EXECUTOR_OPTIONS = (
+    ("time_min", "--time-min", ("local", "slurm")),
+    ("partition", "--partition", ("slurm",)),
+    ("gpus", "--gpus", ("slurm",)),
+    ("mem_gb", "--mem-gb", ("slurm",)),
+    ("cpus", "--cpus", ("slurm",)),
+    ("cluster_config", "--cluster-config", ("slurm",)),
+    ("no_wait", "--no-wait", ("slurm",)),
+)
+
+
 def _run_all(args: argparse.Namespace) -> int:
     from mibench_lib.studies.runner import list_studies, run_all
 
-    if args.jobs < 1:
-        raise _UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    jobs = 1 if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise _UsageError(f"--jobs must be at least 1, got {jobs}")
     if args.study is not None and args.study not in (known := list_studies()):
         raise _UsageError(f"unknown study {args.study!r}; known studies: {', '.join(known)}")
-    results = run_all(
-        study=args.study,
-        jobs=args.jobs,
-        out_root=args.out_root,
-        include_tiny=args.include_tiny,
-        force=args.force,
-        kernel_name=args.kernel,
-        timeout_s=args.timeout,
-        lock_timeout_s=None if args.wait else 0,
-    )
+    for attr, option, executors in _EXECUTOR_OPTIONS:
+        if getattr(args, attr) not in (None, False) and args.executor not in executors:
+            raise _UsageError(
+                f"{option} needs --executor {' or '.join(executors)} (got {args.executor})"
+            )
+    options = {
+        "study": args.study,
+        "out_root": args.out_root,
+        "include_tiny": args.include_tiny,
+        "force": args.force,
+        "kernel_name": args.kernel,
+        "timeout_s": args.timeout,
+        "lock_timeout_s": None if args.wait else 0,
+    }
+    if args.executor == "pool":
+        return _report(run_all(jobs=jobs, **options))
+    return _run_all_submitit(args, jobs, options)
+
+
+def _run_all_submitit(args: argparse.Namespace, jobs: int, options: dict[str, Any]) -> int:
+    from mibench_lib.studies.cluster import SubmissionError, load_cluster_config, submit_all
+
+    overrides = {
+        "timeout_min": args.time_min,
+        "slurm_partition": args.partition,
+        "gpus_per_node": args.gpus,
+        "mem_gb": args.mem_gb,
+        "cpus_per_task": args.cpus,
+        "slurm_array_parallelism": args.jobs if args.executor == "slurm" else None,
+    }
+    cluster = load_cluster_config(args.cluster_config, overrides)
+    try:
+        run = submit_all(
+            args.executor, jobs=jobs, cluster=cluster, wait=not args.no_wait, **options
+        )
+    except SubmissionError as err:
+        _say(f"mibench: {err}", sys.stderr)
+        return EXIT_FAILED
+    if args.no_wait:
+        for r in run.results:
+            _say(f"{r.status:12s} {r.study}/{r.config}  {r.detail}".rstrip())
+        for s in run.submitted:
+            _say(f"{'submitted':12s} {s.study}/{s.config}  job {s.job_id}")
+        arrays = ",".join(sorted({s.job_id.split("_")[0] for s in run.submitted}))
+        _say(f"{len(run.submitted)} jobs submitted; logs in {display_path(run.folder)}")
+        if arrays:
+            _say(
+                f"check them with: squeue -j {arrays}   (finished: sacct -j {arrays}); run the "
+                "same command again once they have finished to see every configuration's status"
+            )
+        failed = [r for r in run.results if r.status == "failed"]
+        for r in failed:
+            _say(f"FAILED {r.study}/{r.config}: {r.detail}", sys.stderr)
+        return EXIT_FAILED if failed else EXIT_OK
+    return _report(run.results)
+
+
+def _report(results: Sequence[Any]) -> int:
+    """Print one status line per configuration and the summary; 1 if any failed."""
     for r in results:
         _say(f"{r.status:12s} {r.study}/{r.config}  {r.detail}".rstrip())
     failed = [r for r in results if r.status == "failed"]
@@ -245,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when a run failed (or was refused: another run holds its output folder),
         2 for a usage, parameter or missing-file error.
     """
-    from mibench_lib.studies.runner import OutputLockedError, RunFailedError
+    try:
+        from mibench_lib.studies.runner import OutputLockedError, RunFailedError
+    except FileNotFoundError as err:  # $MIBENCH_ROOT names no study folder
+        _say(f"mibench: error: {err}", sys.stderr)
+        return EXIT_USAGE
 
     parser = build_parser()
     try:

@@ -81,7 +81,9 @@ __all__ = [
     "PARAMETERS_DIR",
     "PREVIOUS",
     "REPO_ROOT",
+    "ROOT_ENV",
     "SAFE_NAME",
+    "STUDY_FILES_FROM",
     "ConfigResult",
     "OutputLockedError",
     "RunFailedError",
@@ -96,16 +98,56 @@ __all__ = [
     "run_all",
     "run_config",
     "source_tree_hash",
+    "study_root",
     "unmet_requirements",
 ]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT: Path = Path(__file__).resolve().parents[2]
-NOTEBOOKS_DIR: Path = REPO_ROOT / "notebooks"
-PARAMETERS_DIR: Path = REPO_ROOT / "parameters"
-OUTPUTS_DIR: Path = REPO_ROOT / "outputs"
 CODE_DIR: Path = Path(__file__).resolve().parents[1]
+#: Environment variable naming a folder with ``notebooks/`` and ``parameters/`` (a clone).
+ROOT_ENV = "MIBENCH_ROOT"
+
+
+def _is_study_root(folder: Path) -> bool:
+    return (folder / "notebooks").is_dir() and (folder / "parameters").is_dir()
+
+
+def study_root() -> tuple[Path, Path, Path, str]:
+    """Where the study files are: ``(root, notebooks dir, parameters dir, how it was found)``.
+
+    Looked up in this order:
+
+    1. ``$MIBENCH_ROOT``, a folder holding ``notebooks/`` and ``parameters/`` (an error if it does
+       not);
+    2. the source checkout this package runs from (a clone, or ``pip install -e .``);
+    3. the copies installed with the package (``pip install .``: ``mibench_lib/_study/``), with
+       the current directory as root (outputs, relative data paths and the cache live there).
+
+    ``root`` is the notebooks' working directory, the base of relative paths in parameter files
+    and the parent of ``outputs/``.
+
+    Raises:
+        FileNotFoundError: ``$MIBENCH_ROOT`` is set to a folder without both sub-folders.
+    """
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        root = Path(env).absolute()
+        if not _is_study_root(root):
+            raise FileNotFoundError(
+                f"${ROOT_ENV}={env} must be a folder holding notebooks/ and parameters/ "
+                "(a clone of mibench)"
+            )
+        return root, root / "notebooks", root / "parameters", f"${ROOT_ENV}"
+    checkout = CODE_DIR.parent
+    if _is_study_root(checkout):
+        return checkout, checkout / "notebooks", checkout / "parameters", "the source checkout"
+    bundled = CODE_DIR / "_study"
+    return Path.cwd(), bundled / "notebooks", bundled / "parameters", "the installed package"
+
+
+REPO_ROOT, NOTEBOOKS_DIR, PARAMETERS_DIR, STUDY_FILES_FROM = study_root()
+OUTPUTS_DIR: Path = REPO_ROOT / "outputs"
 MARKER = "_complete.json"
 PREVIOUS = "_previous"
 LOCKS = ".locks"
@@ -246,8 +288,9 @@ def source_tree_hash(root: str | Path = CODE_DIR) -> str:
     base = Path(root)
     digest = hashlib.sha256()
     for path in sorted(base.rglob("*.py")):
-        if "__pycache__" in path.parts or path.relative_to(base).as_posix() in OUTSIDE_KERNEL:
-            continue
+        rel = path.relative_to(base)
+        if "__pycache__" in rel.parts or rel.parts[0] == "_study" or rel.as_posix() in OUTSIDE_KERNEL:
+            continue  # _study: the notebooks and parameters an installed package carries
         digest.update(path.relative_to(base).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
@@ -369,9 +412,17 @@ def locate(
         ParameterError: The file is not a ``.yaml`` file, or its folder or stem is not a
             :data:`SAFE_NAME` (``..yaml`` would make the output folder ``<out_root>/<study>/.``).
     """
-    params_path = Path(params_file).absolute()
+    given = Path(params_file)
+    tried = [given.absolute()]
+    if not given.is_absolute():  # outside a clone: the study files the package found
+        tried += [PARAMETERS_DIR.parent / given, PARAMETERS_DIR / given]
+    params_path = next((p for p in tried if p.is_file()), tried[0])
     if not params_path.is_file():
-        raise FileNotFoundError(f"parameter file {display_path(params_path)} does not exist")
+        where = ", ".join(display_path(p) for p in dict.fromkeys(tried))
+        raise FileNotFoundError(
+            f"parameter file {params_file} does not exist (looked at {where}; study files come "
+            f"from {STUDY_FILES_FROM}: {display_path(PARAMETERS_DIR)})"
+        )
     if params_path.suffix not in {".yaml", ".yml"}:
         raise ParameterError(f"{display_path(params_path)}: expected a .yaml parameter file")
     study, config = params_path.parent.name, params_path.stem
