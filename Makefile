@@ -1,4 +1,5 @@
-# make study : set up .venv and run every study configuration on the embedded default
+# make study : set up .venv, run every study configuration on the embedded default, then build
+#              the HTML report outputs/index.html
 # make test  : set up .venv, lint, run the unit tests, the doctests and the notebook smoke runs
 #              (PYTEST_WORKERS=1 runs them in one process)
 PYTHON ?= python3
@@ -21,6 +22,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 study: setup
 	$(BIN)/mibench run-all --jobs $(JOBS)
+	$(BIN)/mibench report
 
 lint: setup
 	$(BIN)/ruff check .
