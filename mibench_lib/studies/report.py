@@ -22,8 +22,9 @@ The status of a configuration comes from the runner's own completion marker and 
 
 - ``current``: ``_complete.json`` holds the hash the runner would compute now from the parameter
   file, the notebook and the library source;
-- ``stale``: the marker's hash differs; the detail says which parts changed (``code``,
-  ``parameters`` with the keys that differ, ``notebook``);
+- ``stale``: the marker's hash differs; the detail says which parts changed (``notebook``,
+  ``parameters``, ``code``), e.g. ``stale: parameters changed (n_train)`` naming the keys whose
+  values differ from the folder's ``parameters.yaml``;
 - ``invalid``: a marker exists but the parameter file no longer validates (the detail says why);
 - ``incomplete``: a folder without a marker: a run that failed, was interrupted or is running;
 - ``missing``: a parameter file other than ``tiny.yaml`` without an output folder;
@@ -333,15 +334,11 @@ def _status(
     changed = [
         part for part in ("notebook", "parameters", "code") if recorded.get(part) != digest[part]
     ]
-    words = []
-    for part in changed:
-        keys = _changed_keys(out, full) if part == "parameters" else ""
-        words.append(f"parameters ({keys})" if keys else part)
-    detail = (
-        f"{' and '.join(words)} changed"
-        if words
-        else f"{MARKER} holds another hash than its parts give (written by another runner version)"
-    )
+    if not changed:
+        detail = f"{MARKER} holds another hash than its parts give (another runner version)"
+    else:
+        keys = _changed_keys(out, full) if "parameters" in changed else ""
+        detail = f"{' and '.join(changed)} changed" + (f" ({keys})" if keys else "")
     return ConfigStatus(study, config, "stale", detail, out_dir, params_file)
 
 
@@ -529,6 +526,8 @@ figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; height: auto;
 .problem { color: #a40e26; }
 /* nbconvert's "basic" (classic) notebook markup */
 .cell { margin: 0.6rem 0; } .prompt { display: none; }
+.anchor-link { visibility: hidden; margin-left: 0.3rem; text-decoration: none; }
+:hover > .anchor-link { visibility: visible; }
 .input_area { border: 1px solid #d0d7de; border-radius: 4px; background: #f6f8fa; }
 .input_area pre { margin: 0; background: transparent; }
 .output_area pre { background: #fff; border-left: 3px solid #eaeef2; }
