@@ -127,7 +127,11 @@ def fake_slurm(tmp_path, monkeypatch):
     return record
 
 
-def test_slurm_submits_one_array_with_options_over_the_file(repo, fake_slurm, tmp_path, capsys):
+def test_slurm_submits_one_array_with_options_over_the_file(
+    repo, fake_slurm, tmp_path, monkeypatch, capsys
+):
+    # The submitting node sees the outputs and the cache on an NFS mount without NLM locking.
+    monkeypatch.setattr(cluster, "_mount_table", lambda: "srv:/e / nfs rw,vers=3,nolock 0 0\n")
     repo.config("a", "n: 1\n")
     repo.config("celeba", "data_root: /nonexistent/celeba\n")  # checked on the node instead
     conf = tmp_path / "cluster.yaml"
@@ -138,7 +142,10 @@ def test_slurm_submits_one_array_with_options_over_the_file(repo, fake_slurm, tm
     argv = ["run-all", "--executor", "slurm", "--cluster-config", str(conf), "--no-wait"]
     argv += ["--partition", "gpu", "--gpus", "1", "--time-min", "120", "--jobs", "2"]
     assert cli.main(argv) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    for place in (repo.outputs, tmp_path / "cache"):
+        assert f"WARNING: locks in {place} may not hold across nodes: NFS mounted with " in err
+    assert err.count("'nolock'") == 2
     assert f"submitted    {STUDY}/a  job 4242_0" in out
     assert f"submitted    {STUDY}/celeba  job 4242_1" in out
     assert "2 jobs submitted" in out and "squeue -j 4242" in out
