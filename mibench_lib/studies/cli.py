@@ -287,7 +287,8 @@ def _run_all_submitit(args: argparse.Namespace, jobs: int, options: dict[str, An
         for s in run.submitted:
             _say(f"{'submitted':12s} {s.study}/{s.config}  job {s.job_id}")
         arrays = ",".join(sorted({s.job_id.split("_")[0] for s in run.submitted}))
-        _say(f"{len(run.submitted)} jobs submitted; logs in {display_path(run.folder)}")
+        n = len(run.submitted)
+        _say(f"{n} job{'' if n == 1 else 's'} submitted; logs in {display_path(run.folder)}")
         if arrays:
             _say(
                 f"check them with: squeue -j {arrays}   (finished: sacct -j {arrays}); run the "

@@ -438,7 +438,17 @@ def _plan(
         for config in runner.list_configs(name, parameters_dir=par_dir, include_tiny=include_tiny):
             path = par_dir / name / f"{config}.yaml"
             try:
+                # Like run_all, a configuration this machine cannot run is unavailable here before
+                # anything else; on Slurm the node checks instead.
                 unmet = runner.unmet_requirements(read_parameter_file(path))
+                if unmet and filter_unavailable:
+                    detail = "; ".join(unmet)
+                    results.append(ConfigResult(name, config, path, "unavailable", None, detail))
+                    logger.info("skipped %s/%s: %s", name, config, detail)
+                    continue
+                # Checked here, not after waiting in the queue: a typo fails at once.
+                target = runner.locate(path, notebooks_dir=notebooks_dir, out_root=out_root)
+                load_parameters(target.params_file, target.notebook)
                 complete = not force and is_complete(
                     path, notebooks_dir=notebooks_dir, out_root=out_root, code_hash=code_hash
                 )
@@ -449,11 +459,6 @@ def _plan(
                 out = out_root / name / config
                 results.append(ConfigResult(name, config, path, "skipped", out, "already complete"))
                 logger.info("skipped %s/%s: complete in %s", name, config, display_path(out))
-                continue
-            if unmet and filter_unavailable:
-                detail = "; ".join(unmet)
-                results.append(ConfigResult(name, config, path, "unavailable", None, detail))
-                logger.info("skipped %s/%s: %s", name, config, detail)
                 continue
             todo.append(_Todo(len(results), path, name, config))
             results.append(None)
@@ -652,7 +657,8 @@ def _submit_array(ex: Any, todo: Sequence[_Todo], call: Mapping[str, Any]) -> li
         with ex.batch():
             pending = [(ex.submit(run_job, str(t.params_file), **call), t) for t in todo]
     except Exception as err:  # sbatch missing or refusing: one clear line, the cause chained
-        raise SubmissionError(f"submitting {len(todo)} jobs failed: {err}") from err
+        jobs = f"{len(todo)} job{'' if len(todo) == 1 else 's'}"
+        raise SubmissionError(f"submitting {jobs} failed: {err}") from err
     running = []
     for job, item in pending:
         submission = _submission(job, item)

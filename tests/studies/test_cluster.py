@@ -94,6 +94,12 @@ def test_local_executor_runs_fails_names_the_log_and_resumes(repo, tmp_path, cap
     assert (repo.outputs / STUDY / "bad" / runner.MARKER).is_file()
     assert len(list(folder.glob("*_0_log.out"))) == 3
 
+    # The completion test is the runner's: changed parameters make the folder incomplete.
+    where = {"notebooks_dir": repo.notebooks, "out_root": repo.outputs, "code_dir": repo.code}
+    assert cluster.is_complete(bad, **where)
+    bad.write_text("n: 2\nfail: false\n")
+    assert not cluster.is_complete(bad, **where)
+
 
 def test_job_refuses_a_node_without_the_configurations_data(repo):
     path = repo.config("celeba", "data_root: /nonexistent/celeba\n")
@@ -166,6 +172,18 @@ def test_slurm_submits_one_array_with_options_over_the_file(
     assert len(list((repo.outputs / ".submitit").glob("4242_*_submitted.pkl"))) == 2
 
 
+def test_slurm_reports_a_bad_parameter_file_and_submits_the_rest(repo, fake_slurm, capsys):
+    repo.config("a", "n: 1\n")
+    repo.config("typo", "sedes: [0]\n")
+    argv = ["run-all", "--executor", "slurm", "--time-min", "30", "--no-wait"]
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert f"submitted    {STUDY}/a  job 4242\n" in out and "1 job submitted" in out
+    assert f"FAILED {STUDY}/typo: " in err and "unknown parameter 'sedes'" in err
+    (script,) = list(fake_slurm.iterdir())
+    assert "--array" not in script.read_text()  # a single job
+
+
 def test_slurm_needs_a_time_limit_and_only_slurm_takes_slurm_options(repo, capsys):
     repo.config("a", "n: 1\n")
     assert cli.main(["run-all", "--executor", "slurm"]) == 2
@@ -187,7 +205,7 @@ def test_slurm_submission_failure_is_one_line(repo, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert cli.main(["run-all", "--executor", "slurm", "--time-min", "5", "--no-wait"]) == 1
     err = capsys.readouterr().err
-    assert "mibench: submitting 1 jobs failed" in err and "invalid partition" in err
+    assert "mibench: submitting 1 job failed" in err and "invalid partition" in err
 
 
 # ----------------------------------------------------------------------------- cluster file
