@@ -542,11 +542,17 @@ figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; height: auto;
 
 
 def _static_notebook(nb: Any) -> Any:
-    """Drop what needs a Jupyter frontend: widget state and views, scripts, scripted HTML."""
+    """Drop what needs a Jupyter frontend: widget state and views, scripts, scripted HTML.
+
+    Images without alternative text get one naming their cell (nbconvert would otherwise put a
+    placeholder there and warn).
+    """
     nb.metadata.pop("widgets", None)
+    number = 0
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
             continue
+        number += 1
         kept = []
         for output in cell.get("outputs", []):
             data = output.get("data")
@@ -559,6 +565,11 @@ def _static_notebook(nb: Any) -> Any:
                         del data[mime]
                 if not data:
                     continue
+                for mime in ("image/png", "image/jpeg"):
+                    if mime not in data or cell.metadata.get("alt"):
+                        continue
+                    meta = output.setdefault("metadata", {}).setdefault(mime, {})
+                    meta.setdefault("alt", f"Image output of code cell {number}")
             kept.append(output)
         cell["outputs"] = kept
     return nb
@@ -822,7 +833,10 @@ def _summary_sentence(statuses: Sequence[ConfigStatus]) -> str:
         if state == "current":
             clauses.append(f"{len(group)} current")
             continue
-        names = ", ".join(s.name + (f" ({s.detail})" if state == "stale" else "") for s in group)
+        # A stale one says what changed, without the parameter keys (its badge has them).
+        names = ", ".join(
+            s.name + (f" ({s.detail.split(' (')[0]})" if state == "stale" else "") for s in group
+        )
         clauses.append(f"{len(group)} {state}: {names}")
     n_first = len(by_state.get(next(s for s in _STATE_ORDER if s in by_state), []))
     noun = "configuration" if n_first == 1 else "configurations"

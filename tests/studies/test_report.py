@@ -317,6 +317,11 @@ def test_notebook_rendered_only_when_newer(tree):
     assert build_report_summary(tree.outputs, **tree.kwargs).rendered == (page,)
 
 
+PIXEL = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
+)
+
+
 def test_widget_state_and_scripts_are_dropped(tmp_path):
     from mibench_lib.studies.report import render_notebook
 
@@ -336,6 +341,7 @@ def test_widget_state_and_scripts_are_dropped(tmp_path):
             "display_data",
             data={"text/html": "<div>plot</div><script>draw()</script>", "text/plain": "Plot"},
         ),
+        nbformat.v4.new_output("display_data", data={"image/png": PIXEL, "text/plain": "fig"}),
     ]
     nb.cells = [cell]
     src = tmp_path / "nb.ipynb"
@@ -345,6 +351,9 @@ def test_widget_state_and_scripts_are_dropped(tmp_path):
     text = page.read_text()
     assert "progress 3/3" in text and "Plot" in text
     assert "<script" not in text and "alert(2)" not in text and "model_id" not in text
+    images = re.findall(r"<img [^>]*>", text)
+    assert len(images) == 1 and f'src="data:image/png;base64,{PIXEL}"' in images[0]
+    assert 'alt="Image output of code cell 1"' in images[0]
     assert not render_notebook(src, page, title="t", nav="", css_href="report.css")
 
 
