@@ -1,7 +1,7 @@
 """Run every configuration as a submitit job: on this machine or on a Slurm cluster.
 
 ``mibench run-all --executor local`` and ``--executor slurm`` run the configurations that
-:func:`mibench_lib.studies.runner.run_all` would run, one `submitit`_ job per configuration. Each
+:func:`mibench_lib.studies.runner.run_all` would run, one submitit job per configuration. Each
 job calls :func:`mibench_lib.studies.runner.run_config` with the arguments ``run_all`` passes
 (output root, ``force``, kernel, cell timeout, lock timeout), in a fresh Python process, and
 returns a :class:`~mibench_lib.studies.runner.ConfigResult`; a failed run fails the job. Every
@@ -29,8 +29,6 @@ The artifact cache and the runner's output locks are :class:`filelock.FileLock` 
 folder and reads the folder's mount options for what makes them local to one node (NFS
 ``nolock`` or ``local_lock=flock|all``, Lustre ``localflock`` or ``noflock``, a local
 filesystem). ``run-all --executor slurm`` runs it on the output root and the cache folders first.
-
-.. _submitit: https://github.com/facebookincubator/submitit
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_local_executor_runs_fails_names_the_log_and_resumes(repo, tmp_path, cap
     failed = [line for line in err.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1 and failed[0].startswith(f"FAILED {STUDY}/bad: RunFailedError: ")
     assert "fixture asked to fail" in failed[0]
-    log = Path(failed[0].rsplit("log: ", 1)[1])
+    log = Path.cwd() / failed[0].rsplit("log: ", 1)[1]  # shown relative to the cwd if below it
     assert log.name.endswith("_0_log.err") and log.parent.name == ".submitit"
     assert "fixture asked to fail" in log.read_text()
     folder = repo.outputs / ".submitit"
