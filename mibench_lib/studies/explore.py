@@ -91,8 +91,8 @@ logger = logging.getLogger(__name__)
 EXPLORER_NOTEBOOK: Path = NOTEBOOKS_DIR / "explore.ipynb"
 #: Metrics of the placement figure, one panel each when the configuration has them.
 HEADLINE: dict[str, str] = {
-    "acc1": "evaluator Acc@1 (higher: more leakage)",
-    "delta_eval": "delta_eval (lower: closer to private)",
+    "acc1": "Acc@1 (evaluator)",
+    "delta_eval": "delta_eval (lower: closer)",
 }
 _RESULTS = "results.csv"
 _KEY_FILE = "results_key.json"
