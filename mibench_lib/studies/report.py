@@ -1106,6 +1106,12 @@ def parse_blocks(text: str, *, name: str = "README.md") -> list[TableBlock]:
         ReportError: A block is not closed, is nested, has a closing comment without an opening
             one, names no valid source or has an unknown or malformed option; the message gives
             the line number.
+
+    Example:
+        >>> text = "<!-- mibench:table lb/default/table_lb columns=attack,acc1 -->\\n"
+        >>> block, = parse_blocks(text + "old table\\n<!-- /mibench:table -->\\n")
+        >>> block.source, block.columns, (block.line, block.end_line)
+        ('lb/default/table_lb', ('attack', 'acc1'), (1, 3))
     """
     blocks: list[TableBlock] = []
     start: tuple[int, str] | None = None
