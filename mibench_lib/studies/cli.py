@@ -10,6 +10,7 @@ Usage::
     mibench validate parameters/<study>/<config>.yaml [-p KEY VALUE ...]
     mibench list
     mibench compare FOLDER [FOLDER ...] [--metrics M [M ...]] [--out DIR]
+    mibench report [--out-root DIR] [--force] [--no-explorer] [--publish] [--check-readme]
 
 ``python -m mibench_lib.studies`` is the same command. A bad parameter file or a missing file is
 reported on stderr (one line per problem) with exit status 2; a failed run is one line naming the
@@ -18,7 +19,9 @@ status 1 (one line naming that run), or with ``--wait`` waits for it. ``run-all 
 or ``slurm`` runs each configuration as a submitit job (see :mod:`mibench_lib.studies.cluster`);
 a failed job's status line names its log. ``compare`` puts the
 ``results.csv`` of several output folders side by side (see :mod:`mibench_lib.studies.compare`);
-a folder it cannot read is reported as one line with status 2.
+a folder it cannot read is reported as one line with status 2. ``report`` builds the static site
+``<out-root>/index.html`` (see :mod:`mibench_lib.studies.report`); ``--publish`` also copies the
+tables the README cites into ``docs/results/`` and rewrites the README's table blocks.
 """
 
 from __future__ import annotations
@@ -130,6 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(validate)
 
     sub.add_parser("list", help="list datasets, models, attacks, metrics, defenses and studies")
+
+    report = sub.add_parser(
+        "report",
+        help="build the HTML report <out-root>/index.html from the outputs (and the README tables)",
+    )
+    report.add_argument("--out-root", default=None, help="output root (default: <repo>/outputs)")
+    report.add_argument("--force", action="store_true", help="render every notebook again")
+    report.add_argument(
+        "--no-explorer",
+        action="store_true",
+        help="skip executing notebooks/explore.ipynb headless into <out-root>/explore.ipynb",
+    )
+    report.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy the tables the README cites into docs/results/ and rewrite its mibench:table "
+        "blocks (every cited configuration must be current)",
+    )
+    report.add_argument(
+        "--check-readme",
+        action="store_true",
+        help="exit 1 if a README mibench:table block differs from docs/results/ (writes nothing)",
+    )
 
     compare = sub.add_parser(
         "compare", help="put the results of several output folders side by side"
@@ -316,6 +342,59 @@ def _report(results: Sequence[Any]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _build_report(args: argparse.Namespace) -> int:
+    from mibench_lib.studies import report
+    from mibench_lib.studies.runner import REPO_ROOT
+
+    readme, snapshot = REPO_ROOT / "README.md", REPO_ROOT / report.SNAPSHOT_DIR
+    if (args.publish or args.check_readme) and not readme.is_file():
+        raise _UsageError(f"--publish and --check-readme need the clone's {display_path(readme)}")
+    try:
+        return _report_steps(args, report, readme, snapshot)
+    except report.ReportError as err:
+        raise _UsageError(str(err)) from err
+
+
+def _report_steps(args: argparse.Namespace, report: Any, readme: Path, snapshot: Path) -> int:
+    from mibench_lib.studies.runner import OUTPUTS_DIR
+
+    if args.check_readme:
+        differ = report.update_readme(readme, snapshot, check=True)
+        for block in differ:
+            _say(f"out of date: {block}", sys.stderr)
+        if differ:
+            _say("run `mibench report --publish` after the studies, and commit", sys.stderr)
+        return EXIT_FAILED if differ else EXIT_OK
+    out_root = Path(args.out_root) if args.out_root is not None else OUTPUTS_DIR
+    if not out_root.is_dir():
+        raise _UsageError(f"no outputs folder {display_path(out_root)}: run a study first")
+    status = EXIT_OK
+    if not args.no_explorer:
+        from papermill.exceptions import PapermillExecutionError
+
+        from mibench_lib.studies.explore import execute_explorer
+
+        try:
+            execute_explorer(out_root, out_root / "explore.ipynb")
+        except PapermillExecutionError as err:
+            _say(
+                f"mibench: explorer failed in cell {err.exec_count}: {err.ename}: {err.evalue}; "
+                f"see {display_path(out_root / 'explore.ipynb')}",
+                sys.stderr,
+            )
+            status = EXIT_FAILED
+    summary = report.build_report_summary(out_root, force=args.force)
+    _say(report.format_summary(summary))
+    if args.publish:
+        written = report.publish_snapshot(out_root, snapshot, report.readme_sources(readme))
+        changed = report.update_readme(readme, snapshot)
+        _say(
+            f"published {len(written)} files to {display_path(snapshot)}; "
+            f"{len(changed)} README blocks rewritten"
+        )
+    return EXIT_FAILED if summary.problems else status
+
+
 def _compare(args: argparse.Namespace) -> int:
     from mibench_lib.studies.compare import (
         CompareError,
@@ -372,7 +451,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)
     previous_level = log.level
     log.setLevel(logging.INFO)
-    commands = {"run": _run, "run-all": _run_all, "validate": _validate, "compare": _compare}
+    commands = {
+        "run": _run,
+        "run-all": _run_all,
+        "validate": _validate,
+        "compare": _compare,
+        "report": _build_report,
+    }
     try:
         if args.command == "list":
             return _list()

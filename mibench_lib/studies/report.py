@@ -133,6 +133,8 @@ CHROMIUM_ARGS: tuple[str, ...] = (
 
 PAGE = "report.html"
 INDEX = "index.html"
+#: The snapshot of the tables the README cites, relative to the clone (tracked in git).
+SNAPSHOT_DIR = "docs/results"
 CSS = "report.css"
 EXPLORE = "explore"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mibench_lib.studies import cli, runner
+from mibench_lib.studies.params import display_path
 from mibench_lib.studies.runner import ConfigResult, RunFailedError
 
 STUDY = "fixture_study"
@@ -58,7 +59,7 @@ def test_list_prints_registries_and_studies(repo, registries, monkeypatch, capsy
         "  gmi (white-box)",
         "metrics: attack_acc, knn_dist",
         "defenses: none yet",
-        "studies:",
+        f"studies (from {runner.STUDY_FILES_FROM}: {display_path(repo.parameters.parent)}):",
         f"  {STUDY}: default, tiny",
     ]
 
@@ -144,6 +145,18 @@ def test_run_then_skip(repo, capsys):
     assert (repo.outputs / STUDY / "a" / "results.csv").read_text() == "seed,i,value\n3,0,30.0\n"
     assert cli.main(argv) == 0
     assert "skipped fixture_study/a" in capsys.readouterr().err
+
+    # the report over what the run wrote: its status, pages and the index
+    assert cli.main(["report", "--no-explorer"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [f"{STUDY}/a", "stale:", "parameters", "changed", "(seeds)"]
+    assert out[-1].startswith("wrote ") and out[-1].endswith(str(repo.outputs / "index.html"))
+    assert (repo.outputs / STUDY / "a" / "report.html").is_file()
+
+
+def test_report_without_outputs_is_a_usage_error(repo, capsys):
+    assert cli.main(["report", "--no-explorer"]) == 2
+    assert "run a study first" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point(tmp_path):
