@@ -28,14 +28,14 @@ lint: setup
 	$(BIN)/ruff check .
 
 unit: setup
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not notebook" tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not notebook" tests
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --doctest-modules mibench_lib
 
 smoke: setup
 	$(BIN)/pytest -q -m notebook
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --doctest-modules mibench_lib
 
 bench: setup

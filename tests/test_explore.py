@@ -26,6 +26,9 @@ from mibench_lib.studies.jobs import run_tag
 from mibench_lib.studies.params import safe_dump
 from mibench_lib.studies.runner import REPO_ROOT, run_config
 
+# One worker runs this module (`--dist loadgroup`), so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("explore")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 TOY_PARAMS = {"dataset": "digits", "dataset_kwargs": {"resolution": 8}, "attacks": ["brep_mi"]}
 TOY_CLASSES = [0, 1, 2]

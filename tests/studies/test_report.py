@@ -35,6 +35,9 @@ from mibench_lib.studies.report import (
 )
 from mibench_lib.studies.runner import MARKER, REPO_ROOT, run_config
 
+# One worker runs this module (`--dist loadgroup`), so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("report")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 STUDY = "fixture_study"
 SCRIPT = "<script>alert(1)</script>"

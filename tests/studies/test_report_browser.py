@@ -17,7 +17,8 @@ import pytest
 
 from mibench_lib.studies.report import CHROMIUM, build_report, check_site
 
-pytestmark = pytest.mark.notebook  # the outputs tree comes from a real papermill run
+# the outputs tree comes from a real papermill run; one worker builds it (`--dist loadgroup`)
+pytestmark = [pytest.mark.notebook, pytest.mark.xdist_group("report_browser")]
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "fixture_study"
