@@ -244,11 +244,9 @@ def is_complete(
     if not marker.is_file():
         return False
     params = load_parameters(target.params_file, target.notebook)
-    full = {"study": target.study, "config": target.config, "out_dir": str(target.out_dir)}
-    full.update(params)
     if code_hash is None:
         code_hash = runner.source_tree_hash(code_dir if code_dir else runner.CODE_DIR)
-    digest = runner._run_hash(target.notebook, full, code_hash)
+    digest = runner.run_digest(target, params, code_hash)
     try:
         recorded = json.loads(marker.read_text())
     except ValueError as err:

@@ -83,10 +83,10 @@ from mibench_lib.studies.runner import (
     NOTEBOOKS_DIR,
     PARAMETERS_DIR,
     SAFE_NAME,
-    _run_hash,
     list_configs,
     list_studies,
     locate,
+    run_digest,
     source_tree_hash,
     unmet_requirements,
 )
@@ -328,9 +328,7 @@ def _status(
             out_dir,
             params_file,
         )
-    # The same values the runner hashes (runner._run_locked); _run_hash leaves out_dir out.
-    full = {"study": study, "config": config, "out_dir": str(target.out_dir), **params}
-    digest = _run_hash(target.notebook, full, code_hash())
+    digest = run_digest(target, params, code_hash())
     if recorded.get("hash") == digest["hash"]:
         return ConfigStatus(study, config, "current", "", out_dir, params_file)
     changed = [
@@ -339,6 +337,7 @@ def _status(
     if not changed:
         detail = f"{MARKER} holds another hash than its parts give (another runner version)"
     else:
+        full = {"study": study, "config": config, **params}
         keys = _changed_keys(out, full) if "parameters" in changed else ""
         detail = f"{' and '.join(changed)} changed" + (f" ({keys})" if keys else "")
     return ConfigStatus(study, config, "stale", detail, out_dir, params_file)

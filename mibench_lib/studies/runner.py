@@ -97,6 +97,7 @@ __all__ = [
     "lock_path",
     "run_all",
     "run_config",
+    "run_digest",
     "source_tree_hash",
     "study_root",
     "unmet_requirements",
@@ -274,9 +275,8 @@ def unmet_requirements(params: Mapping[str, Any], *, root: Path = REPO_ROOT) -> 
 #: editing them leaves finished runs current. ``tests/studies/test_study_runner.py`` checks that no
 #: study notebook imports them.
 OUTSIDE_KERNEL: frozenset[str] = frozenset(
-    f"studies/{name}.py" for name in (
-        "__main__", "cli", "cluster", "compare", "explore", "report", "runner"
-    )
+    f"studies/{name}.py"
+    for name in ("__main__", "cli", "cluster", "compare", "explore", "report", "runner")
 )
 
 
@@ -289,7 +289,11 @@ def source_tree_hash(root: str | Path = CODE_DIR) -> str:
     digest = hashlib.sha256()
     for path in sorted(base.rglob("*.py")):
         rel = path.relative_to(base)
-        if "__pycache__" in rel.parts or rel.parts[0] == "_study" or rel.as_posix() in OUTSIDE_KERNEL:
+        if (
+            "__pycache__" in rel.parts
+            or rel.parts[0] == "_study"
+            or rel.as_posix() in OUTSIDE_KERNEL
+        ):
             continue  # _study: the notebooks and parameters an installed package carries
         digest.update(path.relative_to(base).as_posix().encode())
         digest.update(b"\0")
@@ -310,6 +314,19 @@ def _run_hash(notebook: Path, params: Mapping[str, Any], code_hash: str) -> dict
     }
     parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return parts
+
+
+def run_digest(target: RunTarget, params: Mapping[str, Any], code_hash: str) -> dict[str, str]:
+    """The hashes a completed run of ``target`` with ``params`` records in its marker.
+
+    ``{"notebook", "parameters", "code", "hash"}``: the notebook file, the injected parameters
+    (``study``, ``config`` and the validated ``params``; ``out_dir`` is left out so that moving the
+    outputs keeps runs current) and the source tree (``code_hash``, see :func:`source_tree_hash`).
+    The runner skips a run whose marker holds the same ``hash``; the report and the cluster
+    executor ask the same question through this function.
+    """
+    injected = {"study": target.study, "config": target.config, "out_dir": str(target.out_dir)}
+    return _run_hash(target.notebook, {**injected, **params}, code_hash)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -596,9 +613,8 @@ def _run_locked(
     from papermill.exceptions import PapermillExecutionError
 
     study, config, notebook, out = target.study, target.config, target.notebook, target.out_dir
-    injected = {"study": study, "config": config, "out_dir": str(out)}
-    full = {**injected, **params}
-    digest = _run_hash(notebook, full, source_tree_hash(code_dir if code_dir else CODE_DIR))
+    full = {"study": study, "config": config, "out_dir": str(out), **params}
+    digest = run_digest(target, params, source_tree_hash(code_dir if code_dir else CODE_DIR))
 
     marker = out / MARKER
     if marker.is_file():
