@@ -35,7 +35,7 @@ smoke: setup
 	$(BIN)/pytest -q -m notebook
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 tests
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --doctest-modules mibench_lib
 
 bench: setup
