@@ -297,6 +297,10 @@ def build_target_prior(
             oracle = TargetOracle(target, access=prior.access)
         else:
             oracle = defended_oracle(target, defense, access=prior.access)  # type: ignore[arg-type]
+        # A stochastic release (fresh Gaussian noise) draws from torch's global generator, whose
+        # state in a pool worker depends on the jobs it ran before: seed it, so the prior is a
+        # function of its cache key whichever worker builds it.
+        torch.manual_seed(int(r["model_seed"]))
         t0 = time.perf_counter()
         tensors, meta = prior.build(
             oracle,

@@ -151,6 +151,26 @@ def test_target_prior_learns_from_what_the_output_defense_releases(tmp_path):
     assert len(seen) == 3
 
 
+def test_prior_through_noise_does_not_depend_on_what_the_worker_ran_before(tmp_path):
+    """Fresh Gaussian noise draws from torch's global generator; a pool worker's global state
+    depends on the jobs it ran before, so the build seeds it (the prior is a function of its
+    cache key, whichever worker builds it)."""
+    from mibench_lib.defenses import gaussian_noise_defense
+    from mibench_lib.studies.harness import build_target_prior
+    from mibench_lib.studies.jobs import load_target
+
+    seen: list = []
+    prior = _recording_target_prior(seen)
+    for run, history in enumerate((0, 12345)):
+        setting = _setting(tmp_path / f"cache{run}", tmp_path / f"out{run}")
+        model = load_target(setting, TargetRef("mnist_cnn", TRAIN, seed=0)).model
+        torch.manual_seed(history)  # another worker, another history
+        torch.randn(history % 7 + 1)
+        build_target_prior(setting, prior, model, defense=gaussian_noise_defense(scale=0.2))
+    assert len(seen) == 2
+    assert torch.equal(seen[0][1], seen[1][1])
+
+
 def test_public_prior_is_built_once_from_labelled_public_data(tmp_path):
     from mibench_lib.attacks import PublicPrior
     from mibench_lib.studies.harness import build_public_prior
