@@ -70,6 +70,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
 from urllib.request import ProxyHandler, Request, build_opener
 
+from mibench_lib.studies import runner
 from mibench_lib.studies.params import (
     ParameterError,
     display_path,
@@ -78,10 +79,7 @@ from mibench_lib.studies.params import (
     safe_load,
 )
 from mibench_lib.studies.runner import (
-    CODE_DIR,
     MARKER,
-    NOTEBOOKS_DIR,
-    PARAMETERS_DIR,
     SAFE_NAME,
     list_configs,
     list_studies,
@@ -349,9 +347,11 @@ def _roots(
     notebooks_dir: str | Path | None,
     code_dir: str | Path | None,
 ) -> tuple[Path, Path, _CodeHash]:
-    par_dir = Path(parameters_dir) if parameters_dir is not None else PARAMETERS_DIR
-    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
-    return par_dir, nb_dir, _CodeHash(Path(code_dir) if code_dir is not None else CODE_DIR)
+    # the runner's folders as they are now (read at each call, like the runner's own defaults)
+    par_dir = Path(parameters_dir) if parameters_dir is not None else runner.PARAMETERS_DIR
+    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else runner.NOTEBOOKS_DIR
+    code = Path(code_dir) if code_dir is not None else runner.CODE_DIR
+    return par_dir, nb_dir, _CodeHash(code)
 
 
 def config_status(
