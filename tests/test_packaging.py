@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,15 +31,25 @@ def test_license_file_matches_pyproject():
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project built as a wheel and installed (no dependencies) into a folder of its own."""
     base = tmp_path_factory.mktemp("install")
-    wheels, site = base / "wheels", base / "site"
+    wheels, site, source = base / "wheels", base / "site", base / "source"
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources, and a stale
+    # build/ left in a clone would break the build.
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ("mibench_lib", "notebooks", "parameters"):
+        shutil.copytree(ROOT / name, source / name, ignore=skip)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # --no-build-isolation: the test machine's setuptools (a clean install fetches it from PyPI).
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
-        check=True,
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        check=False,
         cwd=base,
         capture_output=True,
+        text=True,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = wheels.glob("mibench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     studies = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
