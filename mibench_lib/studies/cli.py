@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -433,7 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         2 for a usage, parameter or missing-file error.
     """
     try:
-        from mibench_lib.studies.runner import OutputLockedError, RunFailedError
+        from mibench_lib.studies.runner import (
+            OutputLockedError,
+            RunFailedError,
+            progress_to_stderr,
+        )
     except FileNotFoundError as err:  # $MIBENCH_ROOT names no study folder
         _say(f"mibench: error: {err}", sys.stderr)
         return EXIT_USAGE
@@ -444,13 +447,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse has already printed the usage message
         return int(exit_.code or 0)
 
-    # Progress lines of the runner (skipped, running, finished) go to stderr for this call only.
-    log = logging.getLogger("mibench_lib.studies")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mibench: %(message)s"))
-    log.addHandler(handler)
-    previous_level = log.level
-    log.setLevel(logging.INFO)
     commands = {
         "run": _run,
         "run-all": _run_all,
@@ -459,9 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _build_report,
     }
     try:
-        if args.command == "list":
-            return _list()
-        return commands[args.command](args)
+        # progress lines of the runner (skipped, running, finished) go to stderr for this call
+        with progress_to_stderr():
+            if args.command == "list":
+                return _list()
+            return commands[args.command](args)
     except (ParameterError, FileNotFoundError, _UsageError) as err:
         _say(f"mibench: error: {err}", sys.stderr)
         return EXIT_USAGE
@@ -471,6 +469,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailedError as err:
         _say(f"mibench: run failed: {err}", sys.stderr)
         return EXIT_FAILED
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(previous_level)

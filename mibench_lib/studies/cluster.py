@@ -33,7 +33,6 @@ filesystem). ``run-all --executor slurm`` runs it on the output root and the cac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -46,7 +45,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -268,22 +267,6 @@ def _set_environment(values: Mapping[str, str | None]) -> None:
             os.environ[name] = value
 
 
-@contextlib.contextmanager
-def _log_to_stderr() -> Iterator[None]:
-    """Send the runner's progress lines (running, finished, skipped) to the job's error log."""
-    log = logging.getLogger("mibench_lib.studies")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mibench: %(asctime)s %(message)s"))
-    log.addHandler(handler)
-    previous = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(previous)
-
-
 def run_job(
     params_file: str,
     *,
@@ -337,7 +320,7 @@ def run_job(
     if threads is not None:
         _set_environment({var: str(threads) for var in _THREAD_VARS})
     path = Path(params_file)
-    with _log_to_stderr():
+    with runner.progress_to_stderr("mibench: %(asctime)s %(message)s"):
         return _run_job(path, force=force, run_options=run_options)
 
 

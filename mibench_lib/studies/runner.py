@@ -95,6 +95,7 @@ __all__ = [
     "list_studies",
     "locate",
     "lock_path",
+    "progress_to_stderr",
     "run_all",
     "run_config",
     "run_digest",
@@ -857,6 +858,22 @@ def _run_one(
         detail="already complete" if skipped else "",
         wall_s=time.perf_counter() - start,
     )
+
+
+@contextlib.contextmanager
+def progress_to_stderr(fmt: str = "mibench: %(message)s") -> Iterator[None]:
+    """Send the runner's progress lines (running, finished, skipped) to stderr while inside."""
+    log = logging.getLogger("mibench_lib.studies")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    previous = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
 
 
 def _log(result: ConfigResult) -> ConfigResult:
